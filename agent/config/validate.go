@@ -1,0 +1,164 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var (
+	logLevels     = []string{"debug", "info", "warn", "error"}
+	logFormats    = []string{"text", "json"}
+	brokerSchemes = []string{"tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss"}
+	nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+)
+
+// ValidNodeID reports whether id can serve as an MQTT client id and topic level.
+func ValidNodeID(id string) bool { return nodeIDPattern.MatchString(id) }
+
+const nodeIDRule = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters"
+
+// Validate checks every value against what is allowed and reports all problems.
+func (c *Config) Validate() error {
+	v := validator{origin: c.origin}
+
+	if c.Node.ID != "" && !ValidNodeID(c.Node.ID) {
+		v.bad("node.id", c.Node.ID, nodeIDRule)
+	}
+	v.absPath("node.id_file", c.Node.IDFile, false)
+
+	v.oneOf("log.level", c.Log.Level, logLevels)
+	v.oneOf("log.format", c.Log.Format, logFormats)
+
+	v.absPath("paths.state_dir", c.Paths.StateDir, false)
+	v.absPath("paths.spool_dir", c.Paths.SpoolDir, true)
+	v.absPath("paths.plugin_dir", c.Paths.PluginDir, false)
+	v.absPath("paths.slots_dir", c.Paths.SlotsDir, true)
+	v.absPath("paths.sysfs", c.Paths.Sysfs, false)
+	v.absPath("paths.procfs", c.Paths.Procfs, false)
+
+	if len(c.Uplink.Brokers) == 0 {
+		v.problem("uplink.brokers", "the list is empty; at least one broker URL is required, such as tcp://broker:1883")
+	}
+	for i, b := range c.Uplink.Brokers {
+		if msg := brokerProblem(b); msg != "" {
+			v.bad(fmt.Sprintf("uplink.brokers[%d]", i), b, msg)
+		}
+	}
+	if p := c.Uplink.TopicPrefix; p == "" || strings.ContainsAny(p, "+#\x00") || strings.HasPrefix(p, "/") ||
+		strings.HasSuffix(p, "/") || strings.Contains(p, "//") {
+		v.bad("uplink.topic_prefix", p, "one or more topic levels separated by '/', without '+', '#' or empty levels")
+	}
+	v.absPath("uplink.ca_file", c.Uplink.CAFile, true)
+	v.absPath("uplink.cert_file", c.Uplink.CertFile, true)
+	v.absPath("uplink.key_file", c.Uplink.KeyFile, true)
+	switch {
+	case c.Uplink.CertFile != "" && c.Uplink.KeyFile == "":
+		v.problem("uplink.cert_file", "is set but key_file is empty; set both or neither")
+	case c.Uplink.CertFile == "" && c.Uplink.KeyFile != "":
+		v.problem("uplink.key_file", "is set but cert_file is empty; set both or neither")
+	}
+	v.duration("uplink.keepalive", c.Uplink.Keepalive, time.Second, 65535*time.Second) // MQTT's field is 16-bit seconds
+	v.duration("uplink.connect_timeout", c.Uplink.ConnectTimeout, 100*time.Millisecond, 10*time.Minute)
+	v.duration("uplink.publish_timeout", c.Uplink.PublishTimeout, 100*time.Millisecond, 10*time.Minute)
+
+	if c.Spool.MaxBytes < 1<<20 {
+		v.bad("spool.max_bytes", c.Spool.MaxBytes.String(), "at least 1MiB")
+	}
+	v.duration("spool.fsync_interval", c.Spool.FsyncInterval, 10*time.Millisecond, time.Hour)
+
+	if a := c.StatsD.Listen; a != "" {
+		if path, ok := strings.CutPrefix(a, "unix:"); ok {
+			if !filepath.IsAbs(path) {
+				v.bad("statsd.listen", a, "unix: followed by an absolute socket path, such as unix:/run/edgeagent/statsd.sock")
+			}
+		} else if msg := hostPortProblem(a); msg != "" {
+			v.bad("statsd.listen", a, msg+", or unix:PATH, or empty to disable")
+		}
+	}
+	if a := c.HTTP.Listen; a != "" {
+		if msg := hostPortProblem(a); msg != "" {
+			v.bad("http.listen", a, msg+", or empty to disable")
+		}
+	}
+
+	v.duration("heartbeat.interval", c.Heartbeat.Interval, time.Second, time.Hour)
+
+	if len(v.problems) == 0 {
+		return nil
+	}
+	return &Error{Problems: v.problems}
+}
+
+type validator struct {
+	origin   map[string]string
+	problems []Problem
+}
+
+func (v *validator) problem(key, msg string) {
+	base, _, _ := strings.Cut(key, "[") // brokers[2] was set where brokers was
+	v.problems = append(v.problems, Problem{Where: v.origin[base], Key: key, Msg: msg})
+}
+
+func (v *validator) bad(key, value, allowed string) {
+	v.problem(key, fmt.Sprintf("%q is not allowed; want %s", value, allowed))
+}
+
+func (v *validator) oneOf(key, value string, allowed []string) {
+	if !slices.Contains(allowed, value) {
+		v.bad(key, value, "one of "+strings.Join(allowed, ", "))
+	}
+}
+
+func (v *validator) absPath(key, value string, emptyOK bool) {
+	switch {
+	case value == "" && emptyOK:
+	case value == "":
+		v.problem(key, "must not be empty; want an absolute path")
+	case !filepath.IsAbs(value):
+		v.bad(key, value, "an absolute path (the agent's working directory is not fixed)")
+	}
+}
+
+func (v *validator) duration(key string, d, lo, hi time.Duration) {
+	if d < lo || d > hi {
+		v.bad(key, d.String(), fmt.Sprintf("a duration from %s to %s", lo, hi))
+	}
+}
+
+func brokerProblem(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "a URL such as tcp://broker:1883 or ssl://broker:8883"
+	}
+	if !slices.Contains(brokerSchemes, u.Scheme) {
+		return "a URL with scheme " + strings.Join(brokerSchemes, ", ")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return "a port from 1 to 65535"
+		}
+	}
+	return ""
+}
+
+func hostPortProblem(addr string) string {
+	const want = "host:port with an IP address or localhost and a port from 1 to 65535 (such as 127.0.0.1:8125)"
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return want
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return want
+	}
+	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+		return want
+	}
+	return ""
+}

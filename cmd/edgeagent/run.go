@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/seed69aca190/edgeagent/agent"
+	"github.com/seed69aca190/edgeagent/agent/config"
+	"github.com/seed69aca190/edgeagent/internal/cli"
+)
+
+var runCommand = cli.Command{
+	Name:    "run",
+	Summary: "start the agent daemon",
+	Run:     runAgent,
+}
+
+const defaultConfigPath = "/etc/edgeagent/config.yaml"
+
+// runOverrides maps each flag of "run" to the config key it sets.
+var runOverrides = []struct{ flag, key, help string }{
+	{"node-id", "node.id", "node identity (default: /etc/machine-id, then the host name)"},
+	{"broker", "uplink.brokers", "MQTT broker URL; comma-separated for failover"},
+	{"state-dir", "paths.state_dir", "directory for everything the agent writes"},
+	{"statsd", "statsd.listen", "StatsD listen address (host:port or unix:PATH; empty disables)"},
+	{"http", "http.listen", "status endpoint listen address (host:port; empty disables)"},
+	{"log-level", "log.level", "debug, info, warn or error"},
+}
+
+const runHelp = `Start the agent daemon. It runs until SIGINT or SIGTERM, then stops cleanly.
+Configuration comes from --config (default ` + defaultConfigPath + `, or the
+built-in defaults when that file does not exist); the flags below override keys
+of it, so a node can be started without a file. Everything the agent writes goes
+under the state directory.`
+
+func runAgent(args []string, stdout, stderr io.Writer) int {
+	flags := cli.FlagSet("run", "edgeagent run [--config PATH] [flags]", runHelp, stdout)
+	configPath := flags.String("config", defaultConfigPath, "YAML config file")
+	values := map[string]*string{}
+	for _, o := range runOverrides {
+		values[o.flag] = flags.String(o.flag, "", o.help+" ("+o.key+")")
+	}
+	if ok, code := cli.Parse(flags, args, stderr); !ok {
+		return code
+	}
+	if !cli.Args(flags, 0, 0, stderr) {
+		return cli.ExitUsage
+	}
+
+	cfg, err := loadRunConfig(flags, *configPath, values)
+	if err != nil {
+		fmt.Fprintln(stderr, "edgeagent run: invalid configuration:")
+		printConfigError(stderr, err)
+		return cli.ExitUsage
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := agent.New(cfg, stderr).Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(stderr, "edgeagent run: %v\n", err)
+		return cli.ExitFailure
+	}
+	return cli.ExitOK
+}
+
+// loadRunConfig loads the config file (or the defaults when the default file
+// does not exist), then applies the flags that were given.
+func loadRunConfig(flags *flag.FlagSet, path string, values map[string]*string) (*config.Config, error) {
+	explicit := map[string]bool{}
+	flags.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+
+	cfg, err := config.Load(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit["config"] {
+		cfg, err = config.Default(), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var problems []config.Problem
+	for _, o := range runOverrides {
+		if !explicit[o.flag] {
+			continue
+		}
+		vals := []string{*values[o.flag]}
+		switch o.flag {
+		case "broker":
+			vals = strings.Split(vals[0], ",")
+		case "state-dir":
+			// A relative directory on the command line means relative to here.
+			if abs, err := filepath.Abs(vals[0]); err == nil {
+				vals[0] = abs
+			}
+		}
+		if err := cfg.Override("--"+o.flag, o.key, vals...); err != nil {
+			if config.Problems(err) == nil {
+				return nil, err
+			}
+			problems = append(problems, config.Problems(err)...)
+		}
+	}
+	if len(problems) > 0 {
+		return nil, &config.Error{Problems: problems}
+	}
+	return cfg, cfg.Validate()
+}
