@@ -1,0 +1,18 @@
+// Command edgectl is the reference controller: it keeps the fleet view, sends
+// commands and rolls out upgrades, with an embedded MQTT broker so one machine
+// can run the whole system. This first version only reports its build.
+package main
+
+import (
+	"os"
+
+	"github.com/seed69aca190/edgeagent/internal/cli"
+)
+
+var commands = []cli.Command{
+	cli.Version("edgectl"),
+}
+
+func main() {
+	os.Exit(cli.Main("edgectl", "the edgeagent reference controller", commands, os.Args[1:], os.Stdout, os.Stderr))
+}
