@@ -5,9 +5,12 @@
 package testenv
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run under CI (CI=true), where nothing may skip.
@@ -30,4 +33,35 @@ func LookPath(t testing.TB, name string) string {
 		Missing(t, "%s not found in PATH (scripts/test installs it): %v", name, err)
 	}
 	return p
+}
+
+// Buffer is a bytes.Buffer that a process may write while a test reads it.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// WaitFor polls cond until it holds, failing the test after timeout with what
+// describe says (such as the output so far).
+func WaitFor(t testing.TB, timeout time.Duration, cond func() bool, describe func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v; %s", timeout, describe())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
