@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -64,4 +65,27 @@ func WaitFor(t testing.TB, timeout time.Duration, cond func() bool, describe fun
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// RequireRoot calls Missing unless the test runs as root (namespaces, loop
+// devices and mounts need it; CI runs as root).
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Missing(t, "this test needs root")
+	}
+}
+
+// Run runs a command the test depends on and fails the test with its output
+// when it fails. It returns the trimmed standard output.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s%s", name, args, err, out, stderr.String())
+	}
+	return strings.TrimSpace(string(out))
 }
