@@ -52,7 +52,7 @@ func TestComputeRates(t *testing.T) {
 	prev := IOStats{Name: "sda", Dev: "8:0", ReadIOs: 1000, ReadSectors: 8000, ReadTicksMs: 500, WriteIOs: 2000,
 		WriteSectors: 40000, WriteTicksMs: 4000, IOTicksMs: 10000, QueueTimeMs: 20000}
 	cur := prev
-	cur.ReadIOs += 100    // 10/s
+	cur.ReadIOs += 100      // 10/s
 	cur.ReadSectors += 2000 // 100 KiB/s
 	cur.ReadTicksMs += 200  // 2 ms each
 	cur.WriteIOs += 50
