@@ -1,0 +1,288 @@
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// OpenVPN reads one OpenVPN instance through its management interface.
+type OpenVPN struct {
+	Name     string        // what the tunnel is called in reports
+	Address  string        // unix:/run/openvpn/client.sock, or host:port
+	Password string        // the management password, if the interface asks for one
+	Timeout  time.Duration // for the whole exchange; zero means 5 s
+	Grace    time.Duration // how long a state other than CONNECTED is tolerated; zero means 30 s
+}
+
+// OpenVPNClient is one client connected to an OpenVPN server.
+type OpenVPNClient struct {
+	CommonName     string `json:"common_name"`
+	RealAddress    string `json:"real_address"`
+	VirtualAddress string `json:"virtual_address"`
+	BytesIn        uint64 `json:"bytes_in"`
+	BytesOut       uint64 `json:"bytes_out"`
+	ConnectedSince int64  `json:"connected_since"`
+}
+
+// Read asks the management interface for state, byte counts and (for a
+// server) the client list, and judges the tunnel. What went wrong, if anything,
+// is the verdict's reason.
+func (o OpenVPN) Read(ctx context.Context, now time.Time) Tunnel {
+	t := Tunnel{Name: o.Name, Type: "openvpn"}
+	if err := o.read(ctx, &t); err != nil {
+		t.Verdict, t.Reason = Down, err.Error()
+		return t
+	}
+	t.Verdict, t.Reason = o.judge(t, now)
+	return t
+}
+
+func (o OpenVPN) judge(t Tunnel, now time.Time) (string, string) {
+	grace := o.Grace
+	if grace <= 0 {
+		grace = 30 * time.Second
+	}
+	if t.State == "CONNECTED" {
+		return Up, ""
+	}
+	since := now.Sub(time.Unix(t.StateSince, 0)).Truncate(time.Second)
+	if since > grace {
+		return Down, fmt.Sprintf("state %s for %v, longer than the %v grace period", t.State, since, grace)
+	}
+	return Stale, fmt.Sprintf("state %s for %v, within the %v grace period", t.State, since, grace)
+}
+
+func (o OpenVPN) read(ctx context.Context, t *Tunnel) error {
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	network, addr := "tcp", o.Address
+	if path, ok := strings.CutPrefix(o.Address, "unix:"); ok {
+		network, addr = "unix", path
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return fmt.Errorf("management interface unreachable: %w", err)
+	}
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	conn.SetDeadline(deadline)
+
+	m := &mgmt{conn: conn, r: bufio.NewReader(conn)}
+	if err := m.login(o.Password); err != nil {
+		return err
+	}
+	state, err := m.multi("state")
+	if err != nil {
+		return err
+	}
+	if err := parseState(state, t); err != nil {
+		return err
+	}
+	stats, err := m.single("load-stats")
+	if err != nil {
+		return err
+	}
+	if t.BytesIn, t.BytesOut, err = parseLoadStats(stats); err != nil {
+		return err
+	}
+	status, err := m.multi("status 3")
+	if err != nil {
+		return err
+	}
+	t.Role, t.Clients, err = parseStatus3(status)
+	return err
+}
+
+// mgmt speaks OpenVPN's management protocol: line-based commands, one-line
+// "SUCCESS:"/"ERROR:" answers or multi-line ones ending in "END", and real-time
+// notifications (lines starting with '>') that may arrive at any point.
+type mgmt struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+const passwordPrompt = "ENTER PASSWORD:"
+
+// login answers the password prompt if there is one. The prompt has no newline
+// after it, so the first bytes are read with that in mind.
+func (m *mgmt) login(password string) error {
+	first, err := m.r.Peek(len(passwordPrompt))
+	if err != nil {
+		return fmt.Errorf("management interface: read greeting: %w", err)
+	}
+	if string(first) != passwordPrompt {
+		return nil
+	}
+	m.r.Discard(len(passwordPrompt))
+	if password == "" {
+		return fmt.Errorf("management interface asks for a password and none is configured")
+	}
+	if _, err := fmt.Fprintf(m.conn, "%s\n", password); err != nil {
+		return fmt.Errorf("management interface: send password: %w", err)
+	}
+	line, err := m.line()
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "SUCCESS:") {
+		return fmt.Errorf("management interface refused the password: %s", line)
+	}
+	return nil
+}
+
+// line returns the next line that is not a real-time notification.
+func (m *mgmt) line() (string, error) {
+	for {
+		s, err := m.r.ReadString('\n')
+		if err != nil {
+			return "", fmt.Errorf("management interface: %w", err)
+		}
+		s = strings.TrimRight(s, "\r\n")
+		if !strings.HasPrefix(s, ">") {
+			return s, nil
+		}
+	}
+}
+
+func (m *mgmt) send(cmd string) error {
+	if _, err := fmt.Fprintf(m.conn, "%s\n", cmd); err != nil {
+		return fmt.Errorf("management interface: send %q: %w", cmd, err)
+	}
+	return nil
+}
+
+// single sends a command whose answer is one SUCCESS line.
+func (m *mgmt) single(cmd string) (string, error) {
+	if err := m.send(cmd); err != nil {
+		return "", err
+	}
+	line, err := m.line()
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(line, "SUCCESS:") {
+		return "", fmt.Errorf("management interface: %s: %s", cmd, line)
+	}
+	return line, nil
+}
+
+// multi sends a command whose answer is lines ending with END.
+func (m *mgmt) multi(cmd string) ([]string, error) {
+	if err := m.send(cmd); err != nil {
+		return nil, err
+	}
+	var lines []string
+	for len(lines) < 10000 { // a server with thousands of clients, not an endless stream
+		line, err := m.line()
+		if err != nil {
+			return nil, err
+		}
+		if line == "END" {
+			return lines, nil
+		}
+		if strings.HasPrefix(line, "ERROR:") {
+			return nil, fmt.Errorf("management interface: %s: %s", cmd, line)
+		}
+		lines = append(lines, line)
+	}
+	return nil, fmt.Errorf("management interface: %s: no END after 10000 lines", cmd)
+}
+
+// parseState reads the answer to "state": the last line is the current state,
+// "time,STATE,detail,tun-ip,remote-ip,remote-port,local-ip,local-port[,tun-ipv6]".
+func parseState(lines []string, t *Tunnel) error {
+	if len(lines) == 0 {
+		return fmt.Errorf("openvpn state: empty answer")
+	}
+	f := strings.Split(lines[len(lines)-1], ",")
+	if len(f) < 5 {
+		return fmt.Errorf("openvpn state: %q has %d fields, want at least 5", lines[len(lines)-1], len(f))
+	}
+	ts, err := strconv.ParseInt(f[0], 10, 64)
+	if err != nil {
+		return fmt.Errorf("openvpn state: time %q is not a number", f[0])
+	}
+	t.State, t.StateSince, t.LocalAddress = f[1], ts, f[3]
+	if t.State == "CONNECTED" {
+		t.ConnectedSince = ts
+	}
+	if f[4] != "" {
+		t.RemoteAddress = f[4]
+		if len(f) > 5 && f[5] != "" {
+			t.RemoteAddress = net.JoinHostPort(f[4], f[5])
+		}
+	}
+	return nil
+}
+
+// parseLoadStats reads "SUCCESS: nclients=1,bytesin=2065,bytesout=2050".
+func parseLoadStats(line string) (in, out uint64, err error) {
+	body := strings.TrimSpace(strings.TrimPrefix(line, "SUCCESS:"))
+	found := 0
+	for kv := range strings.SplitSeq(body, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		var dst *uint64
+		switch k {
+		case "bytesin":
+			dst = &in
+		case "bytesout":
+			dst = &out
+		default:
+			continue
+		}
+		if *dst, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("openvpn load-stats: %s=%q is not a number", k, v)
+		}
+		found++
+	}
+	if found != 2 {
+		return 0, 0, fmt.Errorf("openvpn load-stats: %q lacks bytesin or bytesout", line)
+	}
+	return in, out, nil
+}
+
+// parseStatus3 reads the answer to "status 3". A server answers with TITLE,
+// HEADER and CLIENT_LIST rows (tab-separated, columns named by the HEADER row);
+// a client with "OpenVPN STATISTICS" and comma-separated counters.
+func parseStatus3(lines []string) (role string, clients []OpenVPNClient, err error) {
+	if len(lines) == 0 || lines[0] == "OpenVPN STATISTICS" {
+		return "client", nil, nil
+	}
+	var cols map[string]int
+	for _, l := range lines {
+		f := strings.Split(l, "\t")
+		switch {
+		case f[0] == "HEADER" && len(f) > 1 && f[1] == "CLIENT_LIST":
+			cols = map[string]int{}
+			for i, name := range f[1:] {
+				cols[name] = i
+			}
+		case f[0] == "CLIENT_LIST":
+			if cols == nil {
+				return "server", nil, fmt.Errorf("openvpn status: CLIENT_LIST before its HEADER")
+			}
+			get := func(name string) string {
+				if i, ok := cols[name]; ok && i < len(f) {
+					return f[i]
+				}
+				return ""
+			}
+			c := OpenVPNClient{CommonName: get("Common Name"), RealAddress: get("Real Address"), VirtualAddress: get("Virtual Address")}
+			c.BytesIn, _ = strconv.ParseUint(get("Bytes Received"), 10, 64)
+			c.BytesOut, _ = strconv.ParseUint(get("Bytes Sent"), 10, 64)
+			c.ConnectedSince, _ = strconv.ParseInt(get("Connected Since (time_t)"), 10, 64)
+			clients = append(clients, c)
+		}
+	}
+	return "server", clients, nil
+}
