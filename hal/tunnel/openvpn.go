@@ -50,11 +50,11 @@ func (o OpenVPN) judge(t Tunnel, now time.Time) (string, string) {
 	if t.State == "CONNECTED" {
 		return Up, ""
 	}
-	since := now.Sub(time.Unix(t.StateSince, 0)).Truncate(time.Second)
+	since := now.Sub(time.Unix(t.DisconnectedSince, 0)).Truncate(time.Second)
 	if since > grace {
-		return Down, fmt.Sprintf("state %s for %v, longer than the %v grace period", t.State, since, grace)
+		return Down, fmt.Sprintf("not connected for %v (now %s), longer than the %v grace period", since, t.State, grace)
 	}
-	return Stale, fmt.Sprintf("state %s for %v, within the %v grace period", t.State, since, grace)
+	return Stale, fmt.Sprintf("not connected for %v (now %s), within the %v grace period", since, t.State, grace)
 }
 
 func (o OpenVPN) read(ctx context.Context, t *Tunnel) error {
@@ -81,7 +81,7 @@ func (o OpenVPN) read(ctx context.Context, t *Tunnel) error {
 	if err := m.login(o.Password); err != nil {
 		return err
 	}
-	state, err := m.multi("state")
+	state, err := m.multi("state all")
 	if err != nil {
 		return err
 	}
@@ -130,11 +130,22 @@ func (m *mgmt) login(password string) error {
 	if _, err := fmt.Fprintf(m.conn, "%s\n", password); err != nil {
 		return fmt.Errorf("management interface: send password: %w", err)
 	}
-	line, err := m.line()
-	if err != nil {
-		return err
+	// A wrong password is answered by the prompt again, not by an error line.
+	var answer []byte
+	for len(answer) < 256 {
+		b, err := m.r.ReadByte()
+		if err != nil {
+			return fmt.Errorf("management interface: read password answer: %w", err)
+		}
+		if b == '\n' {
+			break
+		}
+		answer = append(answer, b)
+		if string(answer) == passwordPrompt {
+			return fmt.Errorf("management interface refused the password")
+		}
 	}
-	if !strings.HasPrefix(line, "SUCCESS:") {
+	if line := strings.TrimRight(string(answer), "\r"); !strings.HasPrefix(line, "SUCCESS:") {
 		return fmt.Errorf("management interface refused the password: %s", line)
 	}
 	return nil
@@ -198,11 +209,25 @@ func (m *mgmt) multi(cmd string) ([]string, error) {
 	return nil, fmt.Errorf("management interface: %s: no END after 10000 lines", cmd)
 }
 
-// parseState reads the answer to "state": the last line is the current state,
-// "time,STATE,detail,tun-ip,remote-ip,remote-port,local-ip,local-port[,tun-ipv6]".
+// parseState reads the answer to "state all", the state history, oldest first;
+// each line is "time,STATE,detail,tun-ip,remote-ip,remote-port,local-ip,
+// local-port[,tun-ipv6]" and the last one is the current state. While not
+// connected, DisconnectedSince is when the last CONNECTED state was left (or
+// the oldest state known, when it never connected): a client cycling through
+// RECONNECTING, RESOLVE and WAIT is judged on the whole outage.
 func parseState(lines []string, t *Tunnel) error {
 	if len(lines) == 0 {
 		return fmt.Errorf("openvpn state: empty answer")
+	}
+	t.DisconnectedSince = 0
+	for i := len(lines) - 1; i >= 0; i-- {
+		f := strings.SplitN(lines[i], ",", 3)
+		if len(f) >= 2 && f[1] == "CONNECTED" {
+			break
+		}
+		if ts, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+			t.DisconnectedSince = ts
+		}
 	}
 	f := strings.Split(lines[len(lines)-1], ",")
 	if len(f) < 5 {

@@ -64,6 +64,28 @@ func TestParseOpenVPNClient(t *testing.T) {
 	}
 }
 
+// A client that lost its server cycles through states; the outage counts from
+// when it left CONNECTED, not from the latest state.
+func TestParseOpenVPNStateHistory(t *testing.T) {
+	var tun Tunnel
+	history := []string{
+		"1795301600,CONNECTING,,,,,,",
+		"1795301601,CONNECTED,SUCCESS,198.18.5.2,198.18.4.1,1194,,",
+		"1795301650,RECONNECTING,ping-restart,,,,,",
+		"1795301651,RESOLVE,,,,,,",
+		"1795301652,WAIT,,,,,,",
+	}
+	if err := parseState(history, &tun); err != nil {
+		t.Fatal(err)
+	}
+	if tun.State != "WAIT" || tun.StateSince != 1795301652 || tun.DisconnectedSince != 1795301650 || tun.ConnectedSince != 0 {
+		t.Errorf("after an outage: %+v", tun)
+	}
+	if err := parseState(history[:1], &tun); err != nil || tun.DisconnectedSince != 1795301600 {
+		t.Errorf("never connected: %+v, %v", tun, err)
+	}
+}
+
 func TestParseOpenVPNMalformed(t *testing.T) {
 	var tun Tunnel
 	for _, bad := range [][]string{nil, {"garbage"}, {"x,CONNECTED,SUCCESS,1.2.3.4,,"}} {
@@ -91,11 +113,11 @@ func TestOpenVPNJudge(t *testing.T) {
 		reason  string
 	}{
 		{"CONNECTED", 1795301000, Up, ""},
-		{"RECONNECTING", 1795301690, Stale, "state RECONNECTING for 10s, within the 30s grace period"},
-		{"RECONNECTING", 1795301600, Down, "state RECONNECTING for 1m40s, longer than the 30s grace period"},
-		{"EXITING", 1795301600, Down, "state EXITING for 1m40s, longer than the 30s grace period"},
+		{"RECONNECTING", 1795301690, Stale, "not connected for 10s (now RECONNECTING), within the 30s grace period"},
+		{"WAIT", 1795301600, Down, "not connected for 1m40s (now WAIT), longer than the 30s grace period"},
+		{"EXITING", 1795301600, Down, "not connected for 1m40s (now EXITING), longer than the 30s grace period"},
 	} {
-		v, r := o.judge(Tunnel{State: tt.state, StateSince: tt.since}, now)
+		v, r := o.judge(Tunnel{State: tt.state, DisconnectedSince: tt.since}, now)
 		if v != tt.verdict || r != tt.reason {
 			t.Errorf("%s since %d: %s %q; want %s %q", tt.state, tt.since, v, r, tt.verdict, tt.reason)
 		}

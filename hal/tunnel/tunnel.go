@@ -11,22 +11,25 @@ const (
 
 // Tunnel is one VPN tunnel and its verdict.
 type Tunnel struct {
-	Name           string          `json:"name"`
-	Type           string          `json:"type"` // openvpn, wireguard, tun, tap, ipip, gre, vti, xfrm, …
-	Verdict        string          `json:"verdict"`
-	Reason         string          `json:"reason,omitempty"`
-	State          string          `json:"state,omitempty"` // OpenVPN's state, or the link's oper state
-	Role           string          `json:"role,omitempty"`  // OpenVPN: client or server
-	LocalAddress   string          `json:"local_address,omitempty"`
-	RemoteAddress  string          `json:"remote_address,omitempty"`
-	BytesIn        uint64          `json:"bytes_in"`
-	BytesOut       uint64          `json:"bytes_out"`
-	StateSince     int64           `json:"state_since,omitempty"`     // unix seconds: when State was entered
-	ConnectedSince int64           `json:"connected_since,omitempty"` // unix seconds, while connected
-	Clients        []OpenVPNClient `json:"clients,omitempty"`
-	ListenPort     int             `json:"listen_port,omitempty"`
-	PublicKey      string          `json:"public_key,omitempty"`
-	Peers          []WireGuardPeer `json:"peers,omitempty"`
+	Name           string `json:"name"`
+	Type           string `json:"type"` // openvpn, wireguard, tun, tap, ipip, gre, vti, xfrm, …
+	Verdict        string `json:"verdict"`
+	Reason         string `json:"reason,omitempty"`
+	State          string `json:"state,omitempty"` // OpenVPN's state, or the link's oper state
+	Role           string `json:"role,omitempty"`  // OpenVPN: client or server
+	LocalAddress   string `json:"local_address,omitempty"`
+	RemoteAddress  string `json:"remote_address,omitempty"`
+	BytesIn        uint64 `json:"bytes_in"`
+	BytesOut       uint64 `json:"bytes_out"`
+	StateSince     int64  `json:"state_since,omitempty"`     // unix seconds: when State was entered
+	ConnectedSince int64  `json:"connected_since,omitempty"` // unix seconds, while connected
+	// DisconnectedSince is when an OpenVPN tunnel that is not connected left
+	// its last CONNECTED state (unix seconds).
+	DisconnectedSince int64           `json:"disconnected_since,omitempty"`
+	Clients           []OpenVPNClient `json:"clients,omitempty"`
+	ListenPort        int             `json:"listen_port,omitempty"`
+	PublicKey         string          `json:"public_key,omitempty"`
+	Peers             []WireGuardPeer `json:"peers,omitempty"`
 }
 
 // tunnelKinds are the link kinds that carry tunnels. WireGuard links are

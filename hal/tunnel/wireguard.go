@@ -1,8 +1,15 @@
 package tunnel
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"strings"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -30,24 +37,70 @@ type WireGuard struct {
 	// traffic is stale; zero means 3 minutes (a handshake is renewed every 2
 	// minutes while traffic flows).
 	StaleAfter time.Duration
+	// SocketDir holds userspace devices' control sockets; empty means
+	// /var/run/wireguard, where wireguard-go and wgctrl put them.
+	SocketDir string
 }
 
-// Read lists the WireGuard tunnels with a verdict for each.
+// Read lists the WireGuard tunnels with a verdict for each. Devices are
+// found one by one (kernel links of kind wireguard, and control sockets of
+// userspace ones), so one broken device, such as the stale socket of a
+// wireguard-go that crashed, is reported down without hiding the others.
 func (w WireGuard) Read(now time.Time) ([]Tunnel, error) {
+	names, err := w.deviceNames()
+	if err != nil {
+		return nil, err
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
 	c, err := wgctrl.New()
 	if err != nil {
 		return nil, fmt.Errorf("open wireguard control: %w", err)
 	}
 	defer c.Close()
-	devices, err := c.Devices()
-	if err != nil {
-		return nil, fmt.Errorf("list wireguard devices: %w", err)
-	}
-	out := make([]Tunnel, 0, len(devices))
-	for _, d := range devices {
+	out := make([]Tunnel, 0, len(names))
+	for _, name := range names {
+		d, err := c.Device(name)
+		if err != nil {
+			out = append(out, Tunnel{Name: name, Type: "wireguard", Verdict: Down, Reason: "read device: " + err.Error()})
+			continue
+		}
 		out = append(out, w.tunnel(d, now))
 	}
 	return out, nil
+}
+
+// deviceNames lists kernel WireGuard links in this namespace and userspace
+// devices by their control sockets.
+func (w WireGuard) deviceNames() ([]string, error) {
+	links, err := netlink.LinkList()
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	seen := map[string]bool{}
+	var names []string
+	for _, l := range links {
+		if l.Type() == "wireguard" {
+			seen[l.Attrs().Name] = true
+			names = append(names, l.Attrs().Name)
+		}
+	}
+	dir := w.SocketDir
+	if dir == "" {
+		dir = "/var/run/wireguard"
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("list wireguard sockets: %w", err)
+	}
+	for _, e := range entries {
+		if name, ok := strings.CutSuffix(e.Name(), ".sock"); ok && !seen[name] {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
 }
 
 func (w WireGuard) tunnel(d *wgtypes.Device, now time.Time) Tunnel {
