@@ -34,6 +34,8 @@ type Config struct {
 	StatsD    StatsD    `yaml:"statsd"`
 	HTTP      HTTP      `yaml:"http"`
 	Heartbeat Heartbeat `yaml:"heartbeat"`
+	Disks     Disks     `yaml:"disks"`
+	Tunnels   Tunnels   `yaml:"tunnels"`
 
 	// origin maps a dotted key to where its value was set ("file:line" or a
 	// flag), so that a problem found later can point at it.
@@ -95,6 +97,28 @@ type HTTP struct {
 // Heartbeat configures the liveness messages.
 type Heartbeat struct {
 	Interval time.Duration `yaml:"interval"`
+}
+
+// Disks configures what the disk inventory includes and how health is read.
+type Disks struct {
+	IncludeLoop  bool          `yaml:"include_loop"`
+	IncludeRAM   bool          `yaml:"include_ram"`
+	Smartctl     string        `yaml:"smartctl"`
+	SmartTimeout time.Duration `yaml:"smart_timeout"`
+}
+
+// Tunnels configures which VPN tunnels are watched and how they are judged.
+type Tunnels struct {
+	OpenVPN             []OpenVPN     `yaml:"openvpn"`
+	OpenVPNGrace        time.Duration `yaml:"openvpn_grace"`
+	WireGuardStaleAfter time.Duration `yaml:"wireguard_stale_after"`
+}
+
+// OpenVPN names one OpenVPN instance's management interface.
+type OpenVPN struct {
+	Name         string `yaml:"name"`
+	Management   string `yaml:"management"`
+	PasswordFile string `yaml:"password_file"`
 }
 
 // Default returns the default configuration, decoded from default.yaml so that

@@ -49,6 +49,10 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, key string) {
 		d.mapping(n, v, key)
 		return
 	}
+	if v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Struct {
+		d.sequence(n, v, key)
+		return
+	}
 	if v.Type() == reflect.TypeFor[time.Duration]() && n.Kind == yaml.ScalarNode && n.ShortTag() != "!!str" {
 		// yaml reads a bare number as nanoseconds: never what a person meant.
 		d.add(d.where(n), key, fmt.Sprintf("%s has no unit; write a duration such as 10s, 1m30s or 2h", describeNode(n)))
@@ -87,6 +91,25 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, key string) {
 		}
 		d.value(val, f, full)
 	}
+}
+
+// sequence decodes a list of sections (such as tunnels.openvpn), checking each
+// entry's keys as strictly as any other section's.
+func (d *decoder) sequence(n *yaml.Node, v reflect.Value, key string) {
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+		v.Set(reflect.Zero(v.Type()))
+		return
+	}
+	if n.Kind != yaml.SequenceNode {
+		d.add(d.where(n), key, fmt.Sprintf("%s is not a list of mappings (keys: %s)", describeNode(n), strings.Join(fieldNames(v.Type().Elem()), ", ")))
+		return
+	}
+	list := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+	for i, item := range n.Content {
+		d.mapping(item, list.Index(i), fmt.Sprintf("%s[%d]", key, i))
+	}
+	v.Set(list)
+	d.origin[key] = d.where(n)
 }
 
 func joinKey(parent, name string) string {

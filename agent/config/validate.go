@@ -90,6 +90,33 @@ func (c *Config) Validate() error {
 
 	v.duration("heartbeat.interval", c.Heartbeat.Interval, time.Second, time.Hour)
 
+	if c.Disks.Smartctl != "" {
+		v.absPath("disks.smartctl", c.Disks.Smartctl, false)
+	}
+	v.duration("disks.smart_timeout", c.Disks.SmartTimeout, time.Second, 10*time.Minute)
+
+	names := map[string]bool{}
+	for i, o := range c.Tunnels.OpenVPN {
+		key := fmt.Sprintf("tunnels.openvpn[%d]", i)
+		switch {
+		case o.Name == "":
+			v.problem(key+".name", "must not be empty; every tunnel needs a name for reports")
+		case names[o.Name]:
+			v.bad(key+".name", o.Name, "a name not used by another entry")
+		}
+		names[o.Name] = true
+		if path, ok := strings.CutPrefix(o.Management, "unix:"); ok {
+			if !filepath.IsAbs(path) {
+				v.bad(key+".management", o.Management, "unix: followed by an absolute socket path")
+			}
+		} else if msg := hostPortProblem(o.Management); msg != "" {
+			v.bad(key+".management", o.Management, "unix:/path/to/socket, or "+msg)
+		}
+		v.absPath(key+".password_file", o.PasswordFile, true)
+	}
+	v.duration("tunnels.openvpn_grace", c.Tunnels.OpenVPNGrace, time.Second, time.Hour)
+	v.duration("tunnels.wireguard_stale_after", c.Tunnels.WireGuardStaleAfter, time.Second, 24*time.Hour)
+
 	if len(v.problems) == 0 {
 		return nil
 	}
@@ -102,8 +129,12 @@ type validator struct {
 }
 
 func (v *validator) problem(key, msg string) {
-	base, _, _ := strings.Cut(key, "[") // brokers[2] was set where brokers was
-	v.problems = append(v.problems, Problem{Where: v.origin[base], Key: key, Msg: msg})
+	where, ok := v.origin[key]
+	if !ok {
+		base, _, _ := strings.Cut(key, "[") // brokers[2] was set where brokers was
+		where = v.origin[base]
+	}
+	v.problems = append(v.problems, Problem{Where: where, Key: key, Msg: msg})
 }
 
 func (v *validator) bad(key, value, allowed string) {

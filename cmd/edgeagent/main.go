@@ -12,6 +12,7 @@ import (
 var commands = []cli.Command{
 	runCommand,
 	configCommand,
+	inventoryCommand,
 	cli.Version("edgeagent"),
 }
 

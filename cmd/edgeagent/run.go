@@ -71,16 +71,23 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	return cli.ExitOK
 }
 
+// loadConfig loads the config file; when the path was not given explicitly and
+// the default file does not exist, the built-in defaults apply.
+func loadConfig(path string, explicit bool) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return config.Default(), nil
+	}
+	return cfg, err
+}
+
 // loadRunConfig loads the config file (or the defaults when the default file
 // does not exist), then applies the flags that were given.
 func loadRunConfig(flags *flag.FlagSet, path string, values map[string]*string) (*config.Config, error) {
 	explicit := map[string]bool{}
 	flags.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
 
-	cfg, err := config.Load(path)
-	if errors.Is(err, fs.ErrNotExist) && !explicit["config"] {
-		cfg, err = config.Default(), nil
-	}
+	cfg, err := loadConfig(path, explicit["config"])
 	if err != nil {
 		return nil, err
 	}

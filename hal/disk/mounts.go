@@ -115,19 +115,32 @@ func unescapeOctal(s string) string {
 }
 
 // attachFilesystems adds the filesystems mounted from d or its partitions,
-// with their usage.
+// with their usage: one per device, as df shows them, so bind mounts (a
+// directory of the same filesystem mounted elsewhere) do not repeat it. The
+// mount of the filesystem's root is preferred, else the first one.
 func (d *Disk) attachFilesystems(mounts []Mount) []error {
 	devs := map[string]string{d.Dev: d.Name}
 	for _, p := range d.Partitions {
 		devs[p.Dev] = p.Name
 	}
-	var errs []error
+	chosen := map[string]Mount{}
+	var order []string
 	for _, m := range mounts {
-		name, ok := devs[m.Dev]
-		if !ok {
+		if _, ok := devs[m.Dev]; !ok {
 			continue
 		}
-		fs := Filesystem{Device: name, MountPoint: m.MountPoint, Type: m.FSType, ReadOnly: m.ReadOnly}
+		prev, seen := chosen[m.Dev]
+		if !seen {
+			order = append(order, m.Dev)
+		}
+		if !seen || (prev.Root != "/" && m.Root == "/") {
+			chosen[m.Dev] = m
+		}
+	}
+	var errs []error
+	for _, dev := range order {
+		m := chosen[dev]
+		fs := Filesystem{Device: devs[dev], MountPoint: m.MountPoint, Type: m.FSType, ReadOnly: m.ReadOnly}
 		if err := fs.fillUsage(); err != nil {
 			fs.UsageError = err.Error()
 			errs = append(errs, fmt.Errorf("disk %s: %w", d.Name, err))

@@ -232,3 +232,17 @@ func FuzzParseSmartctl(f *testing.F) {
 		}
 	})
 }
+
+// A bind mount of a directory shows the same filesystem again: it is reported
+// once, at the mount of the filesystem's root.
+func TestAttachFilesystemsSkipsBindMounts(t *testing.T) {
+	d := Disk{Name: "vda", Dev: "254:0"}
+	d.attachFilesystems([]Mount{
+		{Dev: "254:0", Root: "/run/netns", MountPoint: "/run/netns", FSType: "ext4"},
+		{Dev: "254:0", Root: "/", MountPoint: "/", FSType: "ext4"},
+		{Dev: "0:22", Root: "/", MountPoint: "/sys", FSType: "sysfs"},
+	})
+	if len(d.Filesystems) != 1 || d.Filesystems[0].MountPoint != "/" {
+		t.Errorf("filesystems: %+v", d.Filesystems)
+	}
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/seed69aca190/edgeagent/agent/config"
+	"github.com/seed69aca190/edgeagent/diag"
+	"github.com/seed69aca190/edgeagent/hal"
+	"github.com/seed69aca190/edgeagent/hal/disk"
+	"github.com/seed69aca190/edgeagent/hal/tunnel"
+	"github.com/seed69aca190/edgeagent/internal/cli"
+)
+
+var inventoryCommand = cli.Command{
+	Name:    "inventory",
+	Summary: "print what the node has: disks, NICs and VPN tunnels",
+	Run:     runInventory,
+}
+
+const inventoryHelp = `Print the disks (with partitions, filesystems and SMART health), network links
+(with addresses and counters) and VPN tunnels (with a verdict: up, stale or
+down) as the HAL sees them. Text fits an 80-column console; --json is for
+machines. Parts that cannot be read are listed; the rest is still shown.`
+
+func runInventory(args []string, stdout, stderr io.Writer) int {
+	flags := cli.FlagSet("inventory", "edgeagent inventory [--json] [--config PATH] [--no-smart]", inventoryHelp, stdout)
+	configPath := flags.String("config", defaultConfigPath, "YAML config file (paths, tunnels to watch)")
+	asJSON := flags.Bool("json", false, "print JSON")
+	noSmart := flags.Bool("no-smart", false, "skip SMART health (it runs smartctl once per disk)")
+	if ok, code := cli.Parse(flags, args, stderr); !ok {
+		return code
+	}
+	if !cli.Args(flags, 0, 0, stderr) {
+		return cli.ExitUsage
+	}
+	explicit := false
+	flags.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	cfg, err := loadConfig(*configPath, explicit)
+	if err != nil {
+		fmt.Fprintln(stderr, "edgeagent inventory: invalid configuration:")
+		printConfigError(stderr, err)
+		return cli.ExitUsage
+	}
+	opts, err := inventoryOptions(cfg, !*noSmart)
+	if err != nil {
+		fmt.Fprintf(stderr, "edgeagent inventory: %v\n", err)
+		return cli.ExitFailure
+	}
+	inv := hal.Read(context.Background(), opts)
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(inv)
+	} else {
+		err = diag.WriteInventory(stdout, inv)
+	}
+	if err != nil {
+		return cli.ExitFailure
+	}
+	return cli.ExitOK
+}
+
+// inventoryOptions turns the config into what the HAL needs, reading the
+// OpenVPN management passwords from their files.
+func inventoryOptions(cfg *config.Config, smart bool) (hal.Options, error) {
+	opts := hal.Options{
+		Sysfs:     cfg.Paths.Sysfs,
+		Procfs:    cfg.Paths.Procfs,
+		Disks:     disk.Options{IncludeLoop: cfg.Disks.IncludeLoop, IncludeRAM: cfg.Disks.IncludeRAM},
+		WireGuard: tunnel.WireGuard{StaleAfter: cfg.Tunnels.WireGuardStaleAfter},
+	}
+	if smart {
+		opts.Smart = &disk.SmartCtl{Path: cfg.Disks.Smartctl, Timeout: cfg.Disks.SmartTimeout}
+	}
+	for _, o := range cfg.Tunnels.OpenVPN {
+		t := tunnel.OpenVPN{Name: o.Name, Address: o.Management, Grace: cfg.Tunnels.OpenVPNGrace, Timeout: 5 * time.Second}
+		if o.PasswordFile != "" {
+			pw, err := os.ReadFile(o.PasswordFile)
+			if err != nil {
+				return opts, fmt.Errorf("tunnel %s: read password_file: %w", o.Name, err)
+			}
+			t.Password, _, _ = strings.Cut(strings.TrimRight(string(pw), "\r\n"), "\n")
+		}
+		opts.OpenVPN = append(opts.OpenVPN, t)
+	}
+	return opts, nil
+}
