@@ -74,6 +74,11 @@ func (f FS) Disks(opts Options) ([]Disk, error) {
 	var disks []Disk
 	var errs []error
 	for _, e := range entries {
+		// Excluded kinds are known by name: skip them before reading anything
+		// (an appliance may have dozens of idle loop devices).
+		if kind, _ := classify(e.Name(), ""); (kind == "loop" && !opts.IncludeLoop) || (kind == "ram" && !opts.IncludeRAM) {
+			continue
+		}
 		d, err := f.readDisk(e.Name())
 		if err != nil {
 			errs = append(errs, err)
