@@ -14,7 +14,9 @@ import (
 type inventoryJSON struct {
 	Disks []struct {
 		Name        string
-		Filesystems []struct{ MountPoint string `json:"mount_point"` }
+		Filesystems []struct {
+			MountPoint string `json:"mount_point"`
+		}
 	}
 	NICs []struct {
 		Name, Kind string
