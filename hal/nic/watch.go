@@ -144,7 +144,6 @@ func (r *Reader) subscribe(opts WatchOptions) (*subscription, error) {
 	if err := netlink.LinkSubscribeWithOptions(s.links, s.done, netlink.LinkSubscribeOptions{
 		Namespace: &ns, ErrorCallback: s.setErr, ReceiveBufferSize: opts.ReceiveBuffer, ReceiveBufferForceSize: opts.ReceiveBuffer > 0,
 	}); err != nil {
-		close(s.addrs)
 		return nil, fmt.Errorf("subscribe to link changes: %w", err)
 	}
 	if err := netlink.AddrSubscribeWithOptions(s.addrs, s.done, netlink.AddrSubscribeOptions{

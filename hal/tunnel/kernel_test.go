@@ -151,17 +151,19 @@ func TestWireGuardPair(t *testing.T) {
 	defer wg.Close()
 	configure := func(dev string, key wgtypes.Key, port int, peer wgtypes.Key, endpoint, allowed string) {
 		_, cidr, _ := net.ParseCIDR(allowed)
+		peerAddr, err := net.ResolveUDPAddr("udp", endpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
 		keepalive := time.Second
-		portCopy := port
-		err := wg.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &key, ListenPort: &portCopy, Peers: []wgtypes.PeerConfig{{
-			PublicKey: peer, Endpoint: &net.UDPAddr{IP: net.ParseIP(endpoint), Port: 51820 + (1 - (port - 51820))},
-			AllowedIPs: []net.IPNet{*cidr}, PersistentKeepaliveInterval: &keepalive}}})
+		err = wg.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &key, ListenPort: &port, Peers: []wgtypes.PeerConfig{{
+			PublicKey: peer, Endpoint: peerAddr, AllowedIPs: []net.IPNet{*cidr}, PersistentKeepaliveInterval: &keepalive}}})
 		if err != nil {
 			t.Fatalf("configure %s: %v", dev, err)
 		}
 	}
-	configure(ifA, keyA, 51820, keyB.PublicKey(), "198.18.6.2", "198.18.7.2/32")
-	configure(ifB, keyB, 51821, keyA.PublicKey(), "198.18.6.1", "198.18.7.1/32")
+	configure(ifA, keyA, 51820, keyB.PublicKey(), "198.18.6.2:51821", "198.18.7.2/32")
+	configure(ifB, keyB, 51821, keyA.PublicKey(), "198.18.6.1:51820", "198.18.7.1/32")
 	testenv.Run(t, "ip", "-n", nsA, "addr", "add", "198.18.7.1/24", "dev", ifA)
 	testenv.Run(t, "ip", "-n", nsB, "addr", "add", "198.18.7.2/24", "dev", ifB)
 	testenv.Run(t, "ip", "-n", nsA, "link", "set", ifA, "up")
