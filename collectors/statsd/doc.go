@@ -1,0 +1,22 @@
+// Package statsd is the embedded StatsD server that the node's own daemons
+// send counters, gauges, timers, histograms and sets to, so that one process
+// per node funnels every metric to the controller.
+//
+// The protocol is etsy StatsD with the DogStatsD extensions:
+//
+//	name:value|type[|@rate][|#tag:value,tag]     type: c g ms h d s
+//
+// several lines per datagram. Per flush interval, counters report their sum
+// scaled by 1/rate; gauges their value (+N/-N changes it; an idle gauge is
+// not reported but remembered for an hour); sets the number of distinct
+// members; timers and histograms name.count, .sum, .min, .max, .mean,
+// .median, .p90, .p95 and .p99, percentiles by the nearest-rank rule over
+// the samples received (up to 4096 per interval, then a uniform reservoir).
+// Tags are kept; their order does not matter.
+//
+// Reading is apart from parsing: one goroutine reads up to 32 datagrams per
+// recvmmsg into recycled buffers, another parses them. Parsing and
+// aggregating an existing series allocate nothing. Refused lines are counted
+// by reason (Stats) and never stop the server; the kernel's own drops, when
+// the socket buffer overflows, are the host's UDP RcvbufErrors counter.
+package statsd

@@ -1,0 +1,274 @@
+package statsd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
+
+	"github.com/seed69aca190/edgeagent/telemetry"
+)
+
+const (
+	// maxDatagram is the read buffer per datagram: above any MTU a StatsD
+	// client targets (1432 on the internet, 8932 with jumbo frames) except
+	// loopback's 65 k, which clients do not fill. Longer ones are counted as
+	// truncated.
+	maxDatagram = 9216
+	// batchSize datagrams are read per recvmmsg call, and batches circulate
+	// between the reader and the parser, so the reader keeps reading while a
+	// batch is parsed.
+	batchSize = 32
+	batches   = 4
+	// maxSamples bounds a timer's memory per interval: beyond it percentiles
+	// come from a uniform reservoir of this many samples (count, sum, min,
+	// max and mean stay exact).
+	maxSamples = 4096
+)
+
+// Options configure a Server.
+type Options struct {
+	FlushInterval time.Duration // zero means 10 s
+	MaxSeries     int           // distinct name+type+tags kept per interval; zero means 10000
+	// ReadBuffer is the socket's receive buffer in bytes; zero keeps the
+	// kernel's default. As root the net.core.rmem_max cap is bypassed.
+	ReadBuffer int
+	// Emit receives each flush's points. It must not keep the tag maps for
+	// writing: they are shared with later flushes.
+	Emit func(telemetry.Batch)
+	Log  *slog.Logger
+}
+
+// Stats are the server's own counters since it started.
+type Stats struct {
+	Datagrams  uint64
+	Metrics    uint64            // lines accepted
+	Rejected   map[string]uint64 // lines refused, by reason
+	Series     int               // series held now
+	ReadBuffer int               // the socket's receive buffer as the kernel reports it
+}
+
+// Server is the embedded StatsD server: it reads datagrams from a socket it
+// is given (from the handoff registry), aggregates them and emits points every
+// flush interval.
+type Server struct {
+	conn net.PacketConn
+	opts Options
+
+	mu  sync.Mutex // guards agg
+	agg *aggregator
+
+	datagrams, metrics atomic.Uint64
+	rejected           [numReasons]atomic.Uint64
+	readBuffer         atomic.Int64
+}
+
+// New returns a server reading from conn; Run owns conn from then on.
+func New(conn net.PacketConn, opts Options) *Server {
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = 10 * time.Second
+	}
+	if opts.MaxSeries <= 0 {
+		opts.MaxSeries = 10000
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	return &Server{conn: conn, opts: opts, agg: newAggregator(opts.MaxSeries, maxSamples)}
+}
+
+// batch is a set of datagram buffers filled by one recvmmsg.
+type batch struct {
+	msgs []ipv4.Message
+	n    int
+}
+
+// Run serves until ctx is cancelled, then closes the socket, parses what was
+// already read and flushes one last time.
+func (s *Server) Run(ctx context.Context) error {
+	s.setReadBuffer()
+	reader := newBatchReader(s.conn)
+	free := make(chan *batch, batches)
+	filled := make(chan *batch, batches)
+	for range batches {
+		b := &batch{msgs: make([]ipv4.Message, batchSize)}
+		for i := range b.msgs {
+			b.msgs[i].Buffers = [][]byte{make([]byte, maxDatagram)}
+		}
+		free <- b
+	}
+
+	var wg sync.WaitGroup
+	var readErr error
+	wg.Go(func() {
+		defer close(filled)
+		for b := range free {
+			n, err := reader.ReadBatch(b.msgs, 0)
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				if ctx.Err() == nil {
+					readErr = fmt.Errorf("statsd: read: %w", err)
+				}
+				return
+			}
+			b.n = n
+			filled <- b
+		}
+	})
+	parsed := make(chan struct{})
+	go func() {
+		defer close(parsed)
+		for b := range filled {
+			s.mu.Lock()
+			now := time.Now()
+			for _, m := range b.msgs[:b.n] {
+				s.datagram(m.Buffers[0][:m.N], m.Flags&unix.MSG_TRUNC != 0, now)
+			}
+			s.mu.Unlock()
+			free <- b
+		}
+	}()
+
+	tick := time.NewTicker(s.opts.FlushInterval)
+	defer tick.Stop()
+	for running := true; running; {
+		select {
+		case <-tick.C:
+			s.flush()
+		case <-ctx.Done():
+			running = false
+		case <-parsed: // the reader failed
+			running = false
+		}
+	}
+	s.conn.Close()
+	<-parsed
+	wg.Wait()
+	s.flush()
+	return readErr
+}
+
+// datagram parses the lines of one datagram into the aggregates.
+func (s *Server) datagram(d []byte, trunc bool, now time.Time) {
+	s.datagrams.Add(1)
+	if trunc { // the last line is cut short: refuse it, keep the rest
+		s.rejected[truncated].Add(1)
+		if i := bytes.LastIndexByte(d, '\n'); i >= 0 {
+			d = d[:i]
+		} else {
+			return
+		}
+	}
+	var smp sample
+	for len(d) > 0 {
+		var line []byte
+		line, d = cut(d, '\n')
+		line = bytes.TrimSuffix(line, []byte{'\r'})
+		if len(line) == 0 {
+			continue
+		}
+		r := parseLine(line, &smp)
+		if r == ok {
+			r = s.agg.add(&smp, now)
+		}
+		if r != ok {
+			s.rejected[r].Add(1)
+			continue
+		}
+		s.metrics.Add(1)
+	}
+}
+
+func (s *Server) flush() {
+	now := time.Now()
+	s.mu.Lock()
+	points := s.agg.flush(nil, now)
+	s.mu.Unlock()
+	if len(points) > 0 && s.opts.Emit != nil {
+		s.opts.Emit(telemetry.Batch{Source: "statsd", Time: now, Points: points})
+	}
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	st := Stats{
+		Datagrams:  s.datagrams.Load(),
+		Metrics:    s.metrics.Load(),
+		Rejected:   map[string]uint64{},
+		ReadBuffer: int(s.readBuffer.Load()),
+	}
+	for r := reason(1); r < numReasons; r++ {
+		st.Rejected[r.String()] = s.rejected[r].Load()
+	}
+	s.mu.Lock()
+	st.Series = len(s.agg.series)
+	s.mu.Unlock()
+	return st
+}
+
+// setReadBuffer applies Options.ReadBuffer: SO_RCVBUFFORCE (root may exceed
+// net.core.rmem_max), else SO_RCVBUF, and records what the kernel granted.
+func (s *Server) setReadBuffer() {
+	sc, ok := s.conn.(syscall.Conn)
+	if !ok {
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = raw.Control(func(fd uintptr) {
+		if want := s.opts.ReadBuffer; want > 0 {
+			if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, want); err != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, want)
+			}
+		}
+		if got, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); err == nil {
+			s.readBuffer.Store(int64(got))
+			if got < s.opts.ReadBuffer {
+				s.opts.Log.Warn("statsd receive buffer is smaller than configured; raise net.core.rmem_max or run as root",
+					"configured", s.opts.ReadBuffer, "granted", got)
+			}
+		}
+	})
+}
+
+// batchReader reads many datagrams per system call (recvmmsg).
+type batchReader interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+func newBatchReader(c net.PacketConn) batchReader {
+	if u, ok := c.(*net.UnixConn); ok {
+		return unixReader{u}
+	}
+	if a, ok := c.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil && a.IP != nil {
+		return ipv6.NewPacketConn(c)
+	}
+	return ipv4.NewPacketConn(c)
+}
+
+// unixReader reads one datagram per call: x/net's recvmmsg only parses inet
+// addresses. Local unix sockets cost less per call, so this is no bottleneck.
+type unixReader struct{ c *net.UnixConn }
+
+func (r unixReader) ReadBatch(ms []ipv4.Message, _ int) (int, error) {
+	n, _, flags, _, err := r.c.ReadMsgUnix(ms[0].Buffers[0], nil)
+	if err != nil {
+		return 0, err
+	}
+	ms[0].N, ms[0].Flags = n, flags
+	return 1, nil
+}
