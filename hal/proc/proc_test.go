@@ -62,10 +62,13 @@ func TestFindRealProcess(t *testing.T) {
 	fs := New("/sys", "/proc")
 	pid := cmd.Process.Pid
 
-	byName, err := fs.Named(name)
-	if err != nil {
-		t.Fatalf("by name: %v", err)
-	}
+	// Right after exec the process may not have touched a page yet.
+	var byName Process
+	var err error
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		byName, err = fs.Named(name)
+		return err == nil && byName.RSSBytes > 0
+	}, func() string { return fmt.Sprintf("by name: %+v, %v", byName, err) })
 	pidFile := filepath.Join(t.TempDir(), "svc.pid")
 	os.WriteFile(pidFile, []byte(strconv.Itoa(pid)+"\n"), 0o644)
 	byFile, err := fs.PIDFile(pidFile)
