@@ -10,17 +10,26 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/seed69aca190/edgeagent/agent/config"
+	"github.com/seed69aca190/edgeagent/collectors"
+	"github.com/seed69aca190/edgeagent/collectors/statsd"
+	"github.com/seed69aca190/edgeagent/hal/host"
+	"github.com/seed69aca190/edgeagent/hal/nic"
 	"github.com/seed69aca190/edgeagent/internal/buildinfo"
+	"github.com/seed69aca190/edgeagent/internal/seqfile"
+	"github.com/seed69aca190/edgeagent/update/handoff"
 )
 
 // Agent is one running edgeagent daemon.
 type Agent struct {
-	cfg   *config.Config
-	log   *slog.Logger
-	level *slog.LevelVar
+	cfg    *config.Config
+	log    *slog.Logger
+	level  *slog.LevelVar
+	statsd *statsd.Server // nil when StatsD is off
 }
 
 // New returns an agent for cfg that logs to w in the configured format.
@@ -63,9 +72,121 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("edgeagent started", "version", bi.Version, "commit", bi.Commit,
 		"platform", bi.Platform(), "node", node, "state_dir", stateDir, "pid", os.Getpid())
 
+	sockets, err := handoff.FromEnv(a.log.With("component", "handoff"))
+	if err != nil {
+		a.log.Warn("inherited sockets ignored", "err", err)
+	}
+	seq, err := seqfile.Open(filepath.Join(stateDir, "seq"), seqBlock)
+	switch {
+	case errors.Is(err, seqfile.Recovered):
+		a.log.Warn("sequence file was unreadable; sequence resumes from the clock", "err", err)
+	case err != nil:
+		return err
+	}
+	sink := &logSink{log: a.log.With("component", "telemetry")}
+	sched, closeAll, err := a.collectors(sink)
+	defer closeAll()
+	if err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	if listen := a.cfg.StatsD.Listen; listen != "" {
+		conn, err := sockets.PacketConn("statsd", listen)
+		if err != nil {
+			return err
+		}
+		srv := statsd.New(conn, statsd.Options{
+			FlushInterval: a.cfg.StatsD.FlushInterval,
+			MaxSeries:     a.cfg.StatsD.MaxSeries,
+			ReadBuffer:    int(a.cfg.StatsD.ReadBuffer),
+			Emit:          sched.Publish,
+			Log:           a.log.With("component", "statsd"),
+		})
+		a.statsd = srv
+		wg.Go(func() {
+			if err := srv.Run(ctx); err != nil {
+				a.log.Error("statsd server stopped", "err", err)
+			}
+		})
+	}
+	sockets.Close() // inherited sockets the configuration no longer has
+	if iv := a.cfg.Collect.Agent; iv > 0 {
+		sched.Add(collectors.NewAgent(collectors.AgentOptions{Sysfs: a.cfg.Paths.Sysfs, Procfs: a.cfg.Paths.Procfs,
+			Scheduler: sched, StatsD: a.statsd}), iv, 0)
+	}
+
+	bootID, err := host.New(a.cfg.Paths.Sysfs, a.cfg.Paths.Procfs).BootID()
+	if err != nil {
+		a.log.Warn("boot id unknown", "err", err)
+	}
+	started := time.Now()
+	wg.Go(func() { sched.Run(ctx) })
+	wg.Go(func() {
+		sched.RunHeartbeat(ctx, collectors.HeartbeatOptions{Node: node, Version: bi.Version, BootID: bootID,
+			Interval: a.cfg.Heartbeat.Interval, Seq: seq, Started: started})
+	})
 	<-ctx.Done()
 	a.log.Info("edgeagent stopping", "reason", context.Cause(ctx))
+	wg.Wait()
+	a.log.Info("edgeagent stopped", "batches", sink.batches.Load(), "points", sink.points.Load(),
+		"events", sink.events.Load(), "heartbeats", sink.heartbeats.Load(), "next_seq", seq.Peek())
 	return nil
+}
+
+// seqBlock sequence numbers are reserved per write of the sequence file: at
+// one heartbeat per 10 s that is one flash write every 2¾ hours.
+const seqBlock = 1000
+
+// collectors builds the scheduler with every collector the configuration
+// turns on. closeAll releases what they hold, also after an error.
+func (a *Agent) collectors(sink collectors.Sink) (*collectors.Scheduler, func(), error) {
+	c := a.cfg
+	var closers []func() error
+	closeAll := func() {
+		for _, f := range closers {
+			f()
+		}
+	}
+	sched := collectors.New(collectors.Options{Sink: sink, Include: c.Collect.Include, Exclude: c.Collect.Exclude,
+		EventBurst: c.Events.Burst, EventEvery: c.Events.RateLimit, Log: a.log.With("component", "collectors")})
+	halOpts, err := HALOptions(c, true)
+	if err != nil {
+		return nil, closeAll, err
+	}
+	if c.Collect.Host > 0 {
+		sched.Add(collectors.NewHost(c.Paths.Sysfs, c.Paths.Procfs), c.Collect.Host, 0)
+	}
+	if c.Collect.Disk > 0 {
+		sched.Add(collectors.NewDisk(c.Paths.Sysfs, c.Paths.Procfs, halOpts.Disks, float64(c.Events.FilesystemFullPercent)), c.Collect.Disk, 0)
+	}
+	if c.Collect.Net > 0 {
+		n, err := collectors.NewNet(nic.Options{Sysfs: c.Paths.Sysfs})
+		if err != nil {
+			return nil, closeAll, fmt.Errorf("net collector: %w", err)
+		}
+		closers = append(closers, n.Close)
+		sched.Add(n, c.Collect.Net, 0)
+	}
+	if c.Collect.Tunnel > 0 {
+		links, err := nic.Open(nic.Options{Sysfs: c.Paths.Sysfs})
+		if err != nil {
+			return nil, closeAll, fmt.Errorf("tunnel collector: %w", err)
+		}
+		closers = append(closers, links.Close)
+		sched.Add(collectors.NewTunnel(halOpts.OpenVPN, halOpts.WireGuard, links), c.Collect.Tunnel, 0)
+	}
+	if c.Collect.Process > 0 && len(c.Services) > 0 {
+		var services []collectors.Service
+		for _, s := range c.Services {
+			services = append(services, collectors.Service{Name: s.Name, PIDFile: s.PIDFile, Unit: s.Unit, Process: s.Process})
+		}
+		sched.Add(collectors.NewProcesses(c.Paths.Sysfs, c.Paths.Procfs, services), c.Collect.Process, 0)
+	}
+	if c.Collect.Smart > 0 {
+		sched.Add(collectors.NewSmart(c.Paths.Sysfs, c.Paths.Procfs, halOpts.Disks, *halOpts.Smart), c.Collect.Smart, 0)
+	}
+	return sched, closeAll, nil
 }
 
 // lockStateDir takes an exclusive lock on the state directory so that two agents

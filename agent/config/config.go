@@ -36,6 +36,9 @@ type Config struct {
 	Heartbeat Heartbeat `yaml:"heartbeat"`
 	Disks     Disks     `yaml:"disks"`
 	Tunnels   Tunnels   `yaml:"tunnels"`
+	Collect   Collect   `yaml:"collect"`
+	Events    Events    `yaml:"events"`
+	Services  []Service `yaml:"services"`
 
 	// origin maps a dotted key to where its value was set ("file:line" or a
 	// flag), so that a problem found later can point at it.
@@ -86,7 +89,10 @@ type Spool struct {
 
 // StatsD configures the embedded StatsD server.
 type StatsD struct {
-	Listen string `yaml:"listen"`
+	Listen        string        `yaml:"listen"`
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	ReadBuffer    ByteSize      `yaml:"read_buffer"`
+	MaxSeries     int           `yaml:"max_series"`
 }
 
 // HTTP configures the local status endpoint.
@@ -119,6 +125,35 @@ type OpenVPN struct {
 	Name         string `yaml:"name"`
 	Management   string `yaml:"management"`
 	PasswordFile string `yaml:"password_file"`
+}
+
+// Collect sets each collector's interval (zero turns it off) and which
+// metrics leave the node.
+type Collect struct {
+	Host    time.Duration `yaml:"host"`
+	Disk    time.Duration `yaml:"disk"`
+	Net     time.Duration `yaml:"net"`
+	Tunnel  time.Duration `yaml:"tunnel"`
+	Process time.Duration `yaml:"process"`
+	Smart   time.Duration `yaml:"smart"`
+	Agent   time.Duration `yaml:"agent"`
+	Include []string      `yaml:"include"`
+	Exclude []string      `yaml:"exclude"`
+}
+
+// Events configures when state changes are reported.
+type Events struct {
+	FilesystemFullPercent int           `yaml:"filesystem_full_percent"`
+	Burst                 int           `yaml:"burst"`
+	RateLimit             time.Duration `yaml:"rate_limit"`
+}
+
+// Service names a daemon whose health the process collector reports.
+type Service struct {
+	Name    string `yaml:"name"`
+	PIDFile string `yaml:"pid_file"`
+	Unit    string `yaml:"unit"`
+	Process string `yaml:"process"`
 }
 
 // Default returns the default configuration, decoded from default.yaml so that

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -82,6 +83,13 @@ func (c *Config) Validate() error {
 			v.bad("statsd.listen", a, msg+", or unix:PATH, or empty to disable")
 		}
 	}
+	v.duration("statsd.flush_interval", c.StatsD.FlushInterval, time.Second, time.Hour)
+	if c.StatsD.ReadBuffer < 64<<10 || c.StatsD.ReadBuffer > 1<<30 {
+		v.bad("statsd.read_buffer", c.StatsD.ReadBuffer.String(), "a size from 64KiB to 1GiB")
+	}
+	if c.StatsD.MaxSeries < 1 || c.StatsD.MaxSeries > 1_000_000 {
+		v.bad("statsd.max_series", strconv.Itoa(c.StatsD.MaxSeries), "a number from 1 to 1000000")
+	}
 	if a := c.HTTP.Listen; a != "" {
 		if msg := hostPortProblem(a); msg != "" {
 			v.bad("http.listen", a, msg+", or empty to disable")
@@ -116,6 +124,65 @@ func (c *Config) Validate() error {
 	}
 	v.duration("tunnels.openvpn_grace", c.Tunnels.OpenVPNGrace, time.Second, time.Hour)
 	v.duration("tunnels.wireguard_stale_after", c.Tunnels.WireGuardStaleAfter, time.Second, 24*time.Hour)
+
+	for _, k := range []struct {
+		key string
+		d   time.Duration
+	}{
+		{"collect.host", c.Collect.Host}, {"collect.disk", c.Collect.Disk}, {"collect.net", c.Collect.Net},
+		{"collect.tunnel", c.Collect.Tunnel}, {"collect.process", c.Collect.Process},
+		{"collect.smart", c.Collect.Smart}, {"collect.agent", c.Collect.Agent},
+	} {
+		if k.d != 0 {
+			v.duration(k.key, k.d, time.Second, 24*time.Hour)
+		}
+	}
+	for _, l := range []struct {
+		key   string
+		globs []string
+	}{{"collect.include", c.Collect.Include}, {"collect.exclude", c.Collect.Exclude}} {
+		for i, g := range l.globs {
+			if _, err := path.Match(g, ""); err != nil || g == "" {
+				v.bad(fmt.Sprintf("%s[%d]", l.key, i), g, "a glob such as disk.* or *.p99")
+			}
+		}
+	}
+
+	if p := c.Events.FilesystemFullPercent; p < 1 || p > 100 {
+		v.bad("events.filesystem_full_percent", strconv.Itoa(p), "a percentage from 1 to 100")
+	}
+	if c.Events.Burst < 1 || c.Events.Burst > 1000 {
+		v.bad("events.burst", strconv.Itoa(c.Events.Burst), "a number from 1 to 1000")
+	}
+	v.duration("events.rate_limit", c.Events.RateLimit, time.Second, 24*time.Hour)
+
+	svcNames := map[string]bool{}
+	for i, s := range c.Services {
+		key := fmt.Sprintf("services[%d]", i)
+		switch {
+		case s.Name == "":
+			v.problem(key+".name", "must not be empty; every service needs a name for reports")
+		case svcNames[s.Name]:
+			v.bad(key+".name", s.Name, "a name not used by another entry")
+		}
+		svcNames[s.Name] = true
+		set := 0
+		for _, f := range []string{s.PIDFile, s.Unit, s.Process} {
+			if f != "" {
+				set++
+			}
+		}
+		if set != 1 {
+			v.problem(key, fmt.Sprintf("has %d of pid_file, unit and process; want exactly one", set))
+		}
+		v.absPath(key+".pid_file", s.PIDFile, true)
+		if strings.ContainsAny(s.Unit, "/ ") {
+			v.bad(key+".unit", s.Unit, "a systemd unit name such as storaged.service")
+		}
+		if strings.ContainsAny(s.Process, "/") {
+			v.bad(key+".process", s.Process, "a process name without a path, such as storaged")
+		}
+	}
 
 	if len(v.problems) == 0 {
 		return nil

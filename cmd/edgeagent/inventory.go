@@ -6,15 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"strings"
-	"time"
 
-	"github.com/seed69aca190/edgeagent/agent/config"
+	"github.com/seed69aca190/edgeagent/agent"
 	"github.com/seed69aca190/edgeagent/diag"
 	"github.com/seed69aca190/edgeagent/hal"
-	"github.com/seed69aca190/edgeagent/hal/disk"
-	"github.com/seed69aca190/edgeagent/hal/tunnel"
 	"github.com/seed69aca190/edgeagent/internal/cli"
 )
 
@@ -48,7 +43,7 @@ func runInventory(args []string, stdout, stderr io.Writer) int {
 		printConfigError(stderr, err)
 		return cli.ExitUsage
 	}
-	opts, err := inventoryOptions(cfg, !*noSmart)
+	opts, err := agent.HALOptions(cfg, !*noSmart)
 	if err != nil {
 		fmt.Fprintf(stderr, "edgeagent inventory: %v\n", err)
 		return cli.ExitFailure
@@ -65,30 +60,4 @@ func runInventory(args []string, stdout, stderr io.Writer) int {
 		return cli.ExitFailure
 	}
 	return cli.ExitOK
-}
-
-// inventoryOptions turns the config into what the HAL needs, reading the
-// OpenVPN management passwords from their files.
-func inventoryOptions(cfg *config.Config, smart bool) (hal.Options, error) {
-	opts := hal.Options{
-		Sysfs:     cfg.Paths.Sysfs,
-		Procfs:    cfg.Paths.Procfs,
-		Disks:     disk.Options{IncludeLoop: cfg.Disks.IncludeLoop, IncludeRAM: cfg.Disks.IncludeRAM},
-		WireGuard: tunnel.WireGuard{StaleAfter: cfg.Tunnels.WireGuardStaleAfter},
-	}
-	if smart {
-		opts.Smart = &disk.SmartCtl{Path: cfg.Disks.Smartctl, Timeout: cfg.Disks.SmartTimeout}
-	}
-	for _, o := range cfg.Tunnels.OpenVPN {
-		t := tunnel.OpenVPN{Name: o.Name, Address: o.Management, Grace: cfg.Tunnels.OpenVPNGrace, Timeout: 5 * time.Second}
-		if o.PasswordFile != "" {
-			pw, err := os.ReadFile(o.PasswordFile)
-			if err != nil {
-				return opts, fmt.Errorf("tunnel %s: read password_file: %w", o.Name, err)
-			}
-			t.Password, _, _ = strings.Cut(strings.TrimRight(string(pw), "\r\n"), "\n")
-		}
-		opts.OpenVPN = append(opts.OpenVPN, t)
-	}
-	return opts, nil
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -142,7 +143,7 @@ func TestRunStopsCleanlyAndWritesOnlyStateDir(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			dir := t.TempDir()
-			cmd := exec.Command(binary, "run", "--state-dir", "state", "--node-id", "test-node", "--log-level", "debug")
+			cmd := exec.Command(binary, "run", "--state-dir", "state", "--node-id", "test-node", "--log-level", "debug", "--statsd", "")
 			cmd.Dir = dir
 			cmd.Env = append(os.Environ(), "HOME="+dir, "TMPDIR="+dir)
 			var stderr testenv.Buffer
@@ -153,7 +154,7 @@ func TestRunStopsCleanlyAndWritesOnlyStateDir(t *testing.T) {
 			waitStarted(t, &stderr)
 
 			// A second agent on the same state directory is refused.
-			_, errOut, code := edgeagent(t, dir, "run", "--state-dir", "state", "--node-id", "test-node")
+			_, errOut, code := edgeagent(t, dir, "run", "--state-dir", "state", "--node-id", "test-node", "--statsd", "")
 			if code != 1 || !strings.Contains(errOut, fmt.Sprintf("in use by another edgeagent (pid %d)", cmd.Process.Pid)) {
 				t.Errorf("second agent: exit %d, stderr %q", code, errOut)
 			}
@@ -186,8 +187,8 @@ func TestRunStopsCleanlyAndWritesOnlyStateDir(t *testing.T) {
 				}
 				return nil
 			})
-			if len(written) != 1 || written[0] != filepath.Join("state", "edgeagent.lock") {
-				t.Errorf("files written: %v; want only state/edgeagent.lock", written)
+			if want := []string{"state/edgeagent.lock", "state/seq"}; !slices.Equal(written, want) {
+				t.Errorf("files written: %v; want only %v", written, want)
 			}
 		})
 	}
@@ -199,7 +200,7 @@ func TestRunJSONLogs(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("log:\n  format: json\nnode:\n  id: json-node\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binary, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"))
+	cmd := exec.Command(binary, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--statsd", "")
 	var stderr testenv.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

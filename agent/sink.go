@@ -1,0 +1,43 @@
+package agent
+
+import (
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/seed69aca190/edgeagent/telemetry"
+)
+
+// logSink is where telemetry goes until the uplink exists: events are
+// logged as an operator on the serial console would want to see them;
+// batches and heartbeats at debug level, and counted.
+type logSink struct {
+	log                                 *slog.Logger
+	batches, points, events, heartbeats atomic.Uint64
+}
+
+func (s *logSink) Batch(b telemetry.Batch) {
+	s.batches.Add(1)
+	s.points.Add(uint64(len(b.Points)))
+	s.log.Debug("batch", "source", b.Source, "points", len(b.Points))
+}
+
+func (s *logSink) Event(e telemetry.Event) {
+	s.events.Add(1)
+	level := slog.LevelInfo
+	switch e.Severity {
+	case telemetry.Warning:
+		level = slog.LevelWarn
+	case telemetry.Critical:
+		level = slog.LevelError
+	}
+	attrs := []any{"kind", e.Kind, "subject", e.Subject, "old", e.Old, "new", e.New}
+	if e.Suppressed > 0 {
+		attrs = append(attrs, "suppressed", e.Suppressed)
+	}
+	s.log.Log(nil, level, e.Message, attrs...)
+}
+
+func (s *logSink) Heartbeat(h telemetry.Heartbeat) {
+	s.heartbeats.Add(1)
+	s.log.Debug("heartbeat", "seq", h.Seq, "health", h.Health, "why", h.Why)
+}
