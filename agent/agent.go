@@ -78,7 +78,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	seq, err := seqfile.Open(filepath.Join(stateDir, "seq"), seqBlock)
 	switch {
-	case errors.Is(err, seqfile.Recovered):
+	case errors.Is(err, seqfile.ErrRecovered):
 		a.log.Warn("sequence file was unreadable; sequence resumes from the clock", "err", err)
 	case err != nil:
 		return err

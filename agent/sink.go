@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 	"sync/atomic"
 
@@ -34,7 +35,7 @@ func (s *logSink) Event(e telemetry.Event) {
 	if e.Suppressed > 0 {
 		attrs = append(attrs, "suppressed", e.Suppressed)
 	}
-	s.log.Log(nil, level, e.Message, attrs...)
+	s.log.Log(context.Background(), level, e.Message, attrs...)
 }
 
 func (s *logSink) Heartbeat(h telemetry.Heartbeat) {

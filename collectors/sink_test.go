@@ -17,8 +17,16 @@ type recorder struct {
 	heartbeats []telemetry.Heartbeat
 }
 
-func (r *recorder) Batch(b telemetry.Batch) { r.mu.Lock(); r.batches = append(r.batches, b); r.mu.Unlock() }
-func (r *recorder) Event(e telemetry.Event) { r.mu.Lock(); r.events = append(r.events, e); r.mu.Unlock() }
+func (r *recorder) Batch(b telemetry.Batch) {
+	r.mu.Lock()
+	r.batches = append(r.batches, b)
+	r.mu.Unlock()
+}
+func (r *recorder) Event(e telemetry.Event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+}
 func (r *recorder) Heartbeat(h telemetry.Heartbeat) {
 	r.mu.Lock()
 	r.heartbeats = append(r.heartbeats, h)

@@ -29,11 +29,11 @@ type Counter struct {
 	limit uint64 // first number not yet reserved on disk
 }
 
-// Recovered is returned by Open, with a usable Counter, when the file existed
+// ErrRecovered is returned by Open, with a usable Counter, when the file existed
 // but could not be read: the counter then resumes from the wall clock in
 // milliseconds, a floor far above any count a node reaches, so it still never
 // goes backwards.
-var Recovered = errors.New("sequence file unreadable; resumed from the clock")
+var ErrRecovered = errors.New("sequence file unreadable; resumed from the clock")
 
 // Open loads the counter stored at path, creating it when missing. block is
 // how many numbers one write reserves.
@@ -53,7 +53,7 @@ func Open(path string, block uint64) (*Counter, error) {
 		n, perr := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
 		if perr != nil || n == 0 {
 			c.next = uint64(time.Now().UnixMilli())
-			warn = fmt.Errorf("%w: %s holds %.40q", Recovered, path, data)
+			warn = fmt.Errorf("%w: %s holds %.40q", ErrRecovered, path, data)
 		} else {
 			c.next = n
 		}

@@ -45,8 +45,8 @@ func TestCorruptFileResumesFromClock(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, err := Open(path, 10)
-	if !errors.Is(err, Recovered) {
-		t.Fatalf("err = %v, want Recovered", err)
+	if !errors.Is(err, ErrRecovered) {
+		t.Fatalf("err = %v, want ErrRecovered", err)
 	}
 	n, err := c.Next()
 	if err != nil {
