@@ -3,6 +3,10 @@ package agent
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/seed69aca190/edgeagent/telemetry"
@@ -19,7 +23,36 @@ type logSink struct {
 func (s *logSink) Batch(b telemetry.Batch) {
 	s.batches.Add(1)
 	s.points.Add(uint64(len(b.Points)))
-	s.log.Debug("batch", "source", b.Source, "points", len(b.Points))
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("batch", "source", b.Source, "points", len(b.Points), "first", firstPoints(b.Points, 6))
+	}
+}
+
+// firstPoints renders up to n points as name{tags}=value, for the debug log.
+func firstPoints(points []telemetry.Point, n int) string {
+	var b strings.Builder
+	for i, p := range points[:min(n, len(points))] {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(p.Name)
+		if len(p.Tags) > 0 {
+			keys := slices.Sorted(maps.Keys(p.Tags))
+			b.WriteByte('{')
+			for j, k := range keys {
+				if j > 0 {
+					b.WriteByte(',')
+				}
+				b.WriteString(k + "=" + p.Tags[k])
+			}
+			b.WriteByte('}')
+		}
+		b.WriteString("=" + strconv.FormatFloat(p.Value, 'g', 6, 64))
+	}
+	if len(points) > n {
+		b.WriteString(" …")
+	}
+	return b.String()
 }
 
 func (s *logSink) Event(e telemetry.Event) {

@@ -81,7 +81,7 @@ collect:
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Write([]byte("app.requests:3|c\napp.latency:12|ms"))
+	c.Write([]byte("app.requests:3|c\napp.requests:4|c|#env:test"))
 	c.Close()
 	sock, _ := udp.File()
 	udp.Close()
@@ -89,7 +89,7 @@ collect:
 	cmd, log := startAgent(t, dir, cfg, sock)
 	sock.Close()
 	testenv.WaitFor(t, 10*time.Second, func() bool {
-		return regexp.MustCompile(`msg=batch component=telemetry source=statsd points=10`).MatchString(log.String()) &&
+		return regexp.MustCompile(`msg=batch component=telemetry source=statsd points=2 first="app.requests=3 app.requests\{env=test\}=4"`).MatchString(log.String()) &&
 			len(seqs(log.String())) >= 3
 	}, func() string { return "no statsd batch or heartbeats:\n" + log.String() })
 	if !regexp.MustCompile(`socket=statsd address=` + regexp.QuoteMeta(addr) + ` inherited=true`).MatchString(log.String()) {

@@ -2,11 +2,15 @@ package statsd
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -196,9 +200,22 @@ func (s *Server) flush() {
 	s.mu.Lock()
 	points := s.agg.flush(nil, now)
 	s.mu.Unlock()
+	// In name order, so that a flush reads (and compresses) the same way each time.
+	slices.SortFunc(points, func(a, b telemetry.Point) int {
+		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(tagString(a.Tags), tagString(b.Tags)))
+	})
 	if len(points) > 0 && s.opts.Emit != nil {
 		s.opts.Emit(telemetry.Batch{Source: "statsd", Time: now, Points: points})
 	}
+}
+
+// tagString is tags in key order, for sorting.
+func tagString(tags map[string]string) string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(tags)) {
+		b.WriteString(k + "=" + tags[k] + ",")
+	}
+	return b.String()
 }
 
 // Stats returns the server's counters.
