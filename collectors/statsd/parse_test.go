@@ -1,6 +1,7 @@
 package statsd
 
 import (
+	"bytes"
 	"math"
 	"testing"
 	"time"
@@ -200,5 +201,38 @@ func FuzzParseLine(f *testing.F) {
 				t.Fatalf("point %s is NaN from %q", p.Name, line)
 			}
 		}
+	})
+}
+
+// FuzzDatagram feeds whole datagrams, truncated or not, through the server's
+// line splitting, parsing and aggregation: every line is either accepted or
+// refused with a counted reason, and nothing panics.
+func FuzzDatagram(f *testing.F) {
+	f.Add([]byte("a:1|c\nb:2|g\r\nc:3|ms|@0.5|#x:y\n\n"), false)
+	f.Add([]byte("a:1|c\nb:2|"), true)
+	s := &Server{agg: newAggregator(100, 16)}
+	f.Fuzz(func(t *testing.T, d []byte, trunc bool) {
+		counted := func() uint64 {
+			n := s.metrics.Load()
+			for r := range s.rejected {
+				n += s.rejected[r].Load()
+			}
+			return n
+		}
+		before := counted()
+		s.datagram(d, trunc, time.Now())
+		handled := counted() - before
+		lines := uint64(0)
+		for _, l := range bytes.Split(d, []byte{'\n'}) {
+			if len(bytes.TrimSuffix(l, []byte{'\r'})) > 0 {
+				lines++
+			}
+		}
+		// Every non-empty line is accepted or refused once; a truncated
+		// datagram counts itself once and drops its cut line.
+		if handled > lines+1 || (!trunc && handled != lines) {
+			t.Fatalf("%d lines counted for %d in %q (truncated %v)", handled, lines, d, trunc)
+		}
+		s.agg.flush(nil, time.Now())
 	})
 }
