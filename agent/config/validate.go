@@ -106,13 +106,7 @@ func (c *Config) Validate() error {
 	names := map[string]bool{}
 	for i, o := range c.Tunnels.OpenVPN {
 		key := fmt.Sprintf("tunnels.openvpn[%d]", i)
-		switch {
-		case o.Name == "":
-			v.problem(key+".name", "must not be empty; every tunnel needs a name for reports")
-		case names[o.Name]:
-			v.bad(key+".name", o.Name, "a name not used by another entry")
-		}
-		names[o.Name] = true
+		v.uniqueName(key+".name", o.Name, "tunnel", names)
 		if path, ok := strings.CutPrefix(o.Management, "unix:"); ok {
 			if !filepath.IsAbs(path) {
 				v.bad(key+".management", o.Management, "unix: followed by an absolute socket path")
@@ -159,13 +153,7 @@ func (c *Config) Validate() error {
 	svcNames := map[string]bool{}
 	for i, s := range c.Services {
 		key := fmt.Sprintf("services[%d]", i)
-		switch {
-		case s.Name == "":
-			v.problem(key+".name", "must not be empty; every service needs a name for reports")
-		case svcNames[s.Name]:
-			v.bad(key+".name", s.Name, "a name not used by another entry")
-		}
-		svcNames[s.Name] = true
+		v.uniqueName(key+".name", s.Name, "service", svcNames)
 		set := 0
 		for _, f := range []string{s.PIDFile, s.Unit, s.Process} {
 			if f != "" {
@@ -206,6 +194,18 @@ func (v *validator) problem(key, msg string) {
 
 func (v *validator) bad(key, value, allowed string) {
 	v.problem(key, fmt.Sprintf("%q is not allowed; want %s", value, allowed))
+}
+
+// uniqueName checks the name of one entry of a list whose entries are
+// reported by name.
+func (v *validator) uniqueName(key, name, what string, seen map[string]bool) {
+	switch {
+	case name == "":
+		v.problem(key, "must not be empty; every "+what+" needs a name for reports")
+	case seen[name]:
+		v.bad(key, name, "a name not used by another entry")
+	}
+	seen[name] = true
 }
 
 func (v *validator) oneOf(key, value string, allowed []string) {

@@ -15,10 +15,20 @@ import (
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
-// serve runs a server on conn whose flush interval outlasts the test, so
-// that everything sent lands in the final flush, made when Run stops.
-func serve(t *testing.T, conn net.PacketConn) (s *Server, stop func() []telemetry.Batch) {
+// serve runs a server listening on network and address, with a flush
+// interval that outlasts the test, so that everything sent lands in the final
+// flush, made when stop ends Run. client is connected to it.
+func serve(t *testing.T, network, address string) (s *Server, client net.Conn, stop func() []telemetry.Batch) {
 	t.Helper()
+	conn, err := net.ListenPacket(network, address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err = net.Dial(network, conn.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
 	var mu sync.Mutex
 	var out []telemetry.Batch
 	s = New(conn, Options{
@@ -30,7 +40,7 @@ func serve(t *testing.T, conn net.PacketConn) (s *Server, stop func() []telemetr
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	return s, func() []telemetry.Batch {
+	return s, client, func() []telemetry.Batch {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
@@ -142,16 +152,7 @@ func checkServer(t *testing.T, s *Server, stop func() []telemetry.Batch) {
 // TestUDPAggregatesExactly sends real datagrams over loopback and checks
 // every flushed aggregate, percentiles included, and every rejection count.
 func TestUDPAggregatesExactly(t *testing.T) {
-	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, stop := serve(t, conn)
-	c, err := net.Dial("udp", conn.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	s, c, stop := serve(t, "udp", "127.0.0.1:0")
 	sendAll(t, c)
 	checkServer(t, s, stop)
 	if s.Stats().ReadBuffer < 1<<20 && testenv.InCI() {
@@ -160,17 +161,7 @@ func TestUDPAggregatesExactly(t *testing.T) {
 }
 
 func TestUnixDatagramAggregatesExactly(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "statsd.sock")
-	conn, err := net.ListenPacket("unixgram", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, stop := serve(t, conn)
-	c, err := net.Dial("unixgram", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	s, c, stop := serve(t, "unixgram", filepath.Join(t.TempDir(), "statsd.sock"))
 	sendAll(t, c)
 	checkServer(t, s, stop)
 }
@@ -178,16 +169,7 @@ func TestUnixDatagramAggregatesExactly(t *testing.T) {
 // TestTruncatedDatagramKeepsCompleteLines sends a datagram longer than the
 // read buffer: the complete lines count, the cut one is refused as truncated.
 func TestTruncatedDatagramKeepsCompleteLines(t *testing.T) {
-	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, stop := serve(t, conn)
-	c, err := net.Dial("udp", conn.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	s, c, stop := serve(t, "udp", "127.0.0.1:0")
 	line := "big:1|c\n"
 	d := strings.Repeat(line, maxDatagram/len(line)+10)
 	if _, err := c.Write([]byte(d)); err != nil {

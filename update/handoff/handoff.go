@@ -81,65 +81,47 @@ func FromEnv(log *slog.Logger) (*Registry, error) {
 // PacketConn returns the datagram socket called name, bound to address
 // ("host:port" for UDP, "unix:/path" for a unix datagram socket).
 func (r *Registry) PacketConn(name, address string) (net.PacketConn, error) {
-	want, err := parseAddress(address, unix.SOCK_DGRAM)
-	if err != nil {
-		return nil, fmt.Errorf("socket %s: %w", name, err)
-	}
-	if f := r.claim(name, want); f != nil {
-		defer f.Close()
-		c, err := net.FilePacketConn(f)
-		if err != nil {
-			return nil, fmt.Errorf("socket %s: adopt inherited fd: %w", name, err)
-		}
-		r.record(name, address, true)
-		return c, nil
-	}
-	var c net.PacketConn
-	if want.family == unix.AF_UNIX {
-		if err := removeStaleSocket(want.path, "unixgram"); err != nil {
-			return nil, fmt.Errorf("socket %s: %w", name, err)
-		}
-		c, err = net.ListenPacket("unixgram", want.path)
-	} else {
-		c, err = net.ListenPacket("udp", want.hostPort)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("socket %s: %w", name, err)
-	}
-	r.record(name, address, false)
-	return c, nil
+	return obtain(r, name, address, unix.SOCK_DGRAM, "udp", "unixgram", net.FilePacketConn, net.ListenPacket)
 }
 
 // Listener returns the stream socket called name, listening on address
 // ("host:port" for TCP, "unix:/path" for a unix stream socket).
 func (r *Registry) Listener(name, address string) (net.Listener, error) {
-	want, err := parseAddress(address, unix.SOCK_STREAM)
+	return obtain(r, name, address, unix.SOCK_STREAM, "tcp", "unix", net.FileListener, net.Listen)
+}
+
+// obtain adopts the inherited socket called name when it matches, else binds
+// one with listen on inet or unixNet.
+func obtain[T any](r *Registry, name, address string, sotype int, inet, unixNet string,
+	adopt func(*os.File) (T, error), listen func(network, address string) (T, error)) (T, error) {
+	var zero T
+	want, err := parseAddress(address, sotype)
 	if err != nil {
-		return nil, fmt.Errorf("socket %s: %w", name, err)
+		return zero, fmt.Errorf("socket %s: %w", name, err)
 	}
 	if f := r.claim(name, want); f != nil {
 		defer f.Close()
-		l, err := net.FileListener(f)
+		s, err := adopt(f)
 		if err != nil {
-			return nil, fmt.Errorf("socket %s: adopt inherited fd: %w", name, err)
+			return zero, fmt.Errorf("socket %s: adopt inherited fd: %w", name, err)
 		}
 		r.record(name, address, true)
-		return l, nil
+		return s, nil
 	}
-	var l net.Listener
+	var s T
 	if want.family == unix.AF_UNIX {
-		if err := removeStaleSocket(want.path, "unix"); err != nil {
-			return nil, fmt.Errorf("socket %s: %w", name, err)
+		if err := removeStaleSocket(want.path, unixNet); err != nil {
+			return zero, fmt.Errorf("socket %s: %w", name, err)
 		}
-		l, err = net.Listen("unix", want.path)
+		s, err = listen(unixNet, want.path)
 	} else {
-		l, err = net.Listen("tcp", want.hostPort)
+		s, err = listen(inet, want.hostPort)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("socket %s: %w", name, err)
+		return zero, fmt.Errorf("socket %s: %w", name, err)
 	}
 	r.record(name, address, false)
-	return l, nil
+	return s, nil
 }
 
 // Sockets lists what has been handed out, in order.
