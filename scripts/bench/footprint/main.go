@@ -2,7 +2,7 @@
 // doing the same job (cpu, load, memory, disk, df, interface, processes and
 // its statsd plugin, every 10 s), over the same minutes on the same machine.
 // Four daemons run at once: each of the two with a StatsD load of 1000
-// metrics/s, and each idle (no StatsD traffic). It samples RSS every second
+// metrics/s, and each idle (StatsD listening, no traffic). It samples RSS every second
 // and reports the peak and mean RSS and the CPU share of one core.
 //
 //	go run ./scripts/bench/footprint -edgeagent dist/edgeagent-linux-amd64 [-duration 5m]
@@ -25,7 +25,8 @@ import (
 type daemon struct {
 	name    string
 	cmd     *exec.Cmd
-	statsd  string // host:port, or "" when idle
+	statsd  string // host:port where its StatsD server listens
+	loaded  bool   // whether StatsD traffic is sent to it
 	rssSum  float64
 	rssPeak uint64
 	samples int
@@ -59,10 +60,10 @@ func run(agentBin string, duration time.Duration, rate int) error {
 	defer os.RemoveAll(work)
 
 	daemons := []*daemon{
-		{name: "edgeagent, StatsD 1k/s", statsd: "127.0.0.1:18125"},
-		{name: "collectd, StatsD 1k/s", statsd: "127.0.0.1:18126"},
-		{name: "edgeagent, idle", statsd: ""},
-		{name: "collectd, idle", statsd: ""},
+		{name: "edgeagent, StatsD 1k/s", statsd: "127.0.0.1:18125", loaded: true},
+		{name: "collectd, StatsD 1k/s", statsd: "127.0.0.1:18126", loaded: true},
+		{name: "edgeagent, idle", statsd: "127.0.0.1:18127"},
+		{name: "collectd, idle", statsd: "127.0.0.1:18128"},
 	}
 	for i, d := range daemons {
 		dir := filepath.Join(work, fmt.Sprint(i))
@@ -95,7 +96,7 @@ func run(agentBin string, duration time.Duration, rate int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), duration)
 	defer cancel()
 	for _, d := range daemons {
-		if d.statsd != "" {
+		if d.loaded {
 			go load(ctx, d.statsd, rate)
 		}
 	}
@@ -199,9 +200,8 @@ LoadPlugin processes
   Process "sshd"
 </Plugin>
 `, dir, dir)
-	if statsd != "" {
-		host, port, _ := net.SplitHostPort(statsd)
-		conf += fmt.Sprintf(`LoadPlugin statsd
+	host, port, _ := net.SplitHostPort(statsd)
+	conf += fmt.Sprintf(`LoadPlugin statsd
 <Plugin statsd>
   Host "%s"
   Port "%s"
@@ -214,6 +214,5 @@ LoadPlugin processes
   TimerCount true
 </Plugin>
 `, host, port)
-	}
 	return conf
 }
