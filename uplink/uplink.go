@@ -1,0 +1,451 @@
+package uplink
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/seed69aca190/edgeagent/internal/seqfile"
+	"github.com/seed69aca190/edgeagent/telemetry"
+	"github.com/seed69aca190/edgeagent/uplink/spool"
+)
+
+// Options configure the uplink.
+type Options struct {
+	Brokers            []string // tried in order: tcp://, ssl://, ws://, wss://
+	Node               string   // the client id and the <node> topic level
+	TopicPrefix        string
+	Username, Password string
+	CAFile             string // verifies the broker; empty: the system's roots
+	CertFile, KeyFile  string // this node's client certificate
+	Keepalive          time.Duration
+	ConnectTimeout     time.Duration
+	PublishTimeout     time.Duration
+	FlushInterval      time.Duration // how often collected batches become one message
+	MaxMessage         int           // bytes; a flush larger than this is split
+	InFlight           int           // publishes awaiting PUBACK; zero means 32
+	Spool              *spool.Spool
+	Seq                *seqfile.Counter
+	Log                *slog.Logger
+}
+
+// Status is the uplink as /status shows it.
+type Status struct {
+	State          string      `json:"state"` // connecting, connected, disconnected, stopped
+	Broker         string      `json:"broker,omitempty"`
+	ConnectedSince time.Time   `json:"connected_since,omitzero"`
+	LastAck        time.Time   `json:"last_ack,omitzero"`
+	Published      uint64      `json:"published"` // records acknowledged by the broker
+	Malformed      uint64      `json:"malformed"` // messages received that did not decode
+	EncodeErrors   uint64      `json:"encode_errors"`
+	Spool          spool.Stats `json:"spool"`
+}
+
+// Uplink is the node's MQTT session. It implements collectors.Sink: what the
+// collectors produce is encoded, numbered and queued in the spool, and
+// published from there with QoS 1; a record leaves the spool only on its PUBACK.
+type Uplink struct {
+	opts   Options
+	client mqtt.Client
+	log    *slog.Logger
+
+	wake    chan struct{}      // something was queued
+	lost    chan error         // the connection dropped
+	inbound chan mqtt.Message  // from paho's handler to Run
+	results chan publishResult // PUBACKs and timeouts
+
+	mu             sync.Mutex
+	pending        []telemetry.Batch // collected since the last flush
+	enc            telemetry.Encoder
+	sizer          telemetry.Encoder // measures candidate messages in flush, which Run owns
+	state          string
+	broker         string
+	connectedSince time.Time
+	lastAck        time.Time
+
+	published, malformed, encodeErrors atomic.Uint64
+}
+
+type publishResult struct {
+	seq uint64
+	err error
+}
+
+// ValidClientID reports why id cannot be an MQTT client id and topic level.
+func ValidClientID(id string) error {
+	if id == "" || strings.ContainsAny(id, "+#/\x00") {
+		return fmt.Errorf("node id %q cannot be an MQTT client id or topic level (no '+', '#', '/' or empty)", id)
+	}
+	return nil
+}
+
+// New prepares the session; Run connects.
+func New(opts Options) (*Uplink, error) {
+	if err := ValidClientID(opts.Node); err != nil {
+		return nil, err
+	}
+	if opts.InFlight <= 0 {
+		opts.InFlight = 32
+	}
+	if opts.MaxMessage <= 0 {
+		opts.MaxMessage = 64 << 10
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = 10 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	u := &Uplink{
+		opts: opts, log: opts.Log, state: "connecting",
+		wake: make(chan struct{}, 1), lost: make(chan error, 1),
+		inbound: make(chan mqtt.Message, 64), results: make(chan publishResult, opts.InFlight),
+	}
+	co := mqtt.NewClientOptions()
+	for _, b := range opts.Brokers {
+		co.AddBroker(b)
+	}
+	co.SetClientID(opts.Node).SetCleanSession(false).SetOrderMatters(false).SetStore(nullStore{}).
+		SetAutoReconnect(false).SetConnectRetry(false).SetResumeSubs(false).
+		SetKeepAlive(opts.Keepalive).SetConnectTimeout(opts.ConnectTimeout).SetWriteTimeout(opts.PublishTimeout).
+		SetUsername(opts.Username).SetPassword(opts.Password)
+	if tlsConf, err := tlsConfig(opts); err != nil {
+		return nil, err
+	} else if tlsConf != nil {
+		co.SetTLSConfig(tlsConf)
+	}
+	will, err := u.envelope(telemetry.KindState, telemetry.State{State: "offline"})
+	if err != nil {
+		return nil, err
+	}
+	co.SetBinaryWill(u.topic("state"), will, 1, true)
+	co.SetOnConnectHandler(u.onConnect)
+	co.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		select {
+		case u.lost <- err:
+		default:
+		}
+	})
+	u.client = mqtt.NewClient(co)
+	return u, nil
+}
+
+func tlsConfig(o Options) (*tls.Config, error) {
+	if o.CAFile == "" && o.CertFile == "" {
+		return nil, nil
+	}
+	conf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("uplink: read ca_file: %w", err)
+		}
+		conf.RootCAs = x509.NewCertPool()
+		if !conf.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("uplink: ca_file %s holds no PEM certificate", o.CAFile)
+		}
+	}
+	if o.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("uplink: client certificate: %w", err)
+		}
+		conf.Certificates = []tls.Certificate{cert}
+	}
+	return conf, nil
+}
+
+func (u *Uplink) topic(suffix string) string {
+	return u.opts.TopicPrefix + "/" + u.opts.Node + "/" + suffix
+}
+
+// envelope encodes an ephemeral message (state) with a fresh sequence number.
+func (u *Uplink) envelope(kind telemetry.Kind, body any) ([]byte, error) {
+	seq, err := u.opts.Seq.Next()
+	if err != nil {
+		return nil, err
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	data, err := u.enc.Encode(u.opts.Node, seq, time.Now(), kind, body)
+	return append([]byte(nil), data...), err
+}
+
+// onConnect runs on paho's goroutine: it subscribes and announces the node
+// without waiting for either, so it never blocks paho.
+func (u *Uplink) onConnect(c mqtt.Client) {
+	c.Subscribe(u.topic("cmd"), 1, func(_ mqtt.Client, m mqtt.Message) {
+		select {
+		case u.inbound <- m:
+		default:
+			u.malformed.Add(1) // Run is behind: refuse rather than block paho
+		}
+	})
+	if online, err := u.envelope(telemetry.KindState, telemetry.State{State: "online"}); err == nil {
+		c.Publish(u.topic("state"), 1, true, online)
+	}
+}
+
+// Batch implements collectors.Sink: batches wait for the next flush.
+func (u *Uplink) Batch(b telemetry.Batch) {
+	u.mu.Lock()
+	u.pending = append(u.pending, b)
+	u.mu.Unlock()
+}
+
+// Event implements collectors.Sink: events are queued at once.
+func (u *Uplink) Event(e telemetry.Event) { u.queue("event", telemetry.KindEvent, 0, e) }
+
+// Heartbeat implements collectors.Sink; the heartbeat's own number is its
+// envelope's.
+func (u *Uplink) Heartbeat(h telemetry.Heartbeat) {
+	u.queue("heartbeat", telemetry.KindHeartbeat, h.Seq, h)
+}
+
+// queue encodes a message and puts it in the spool. seq 0 takes a new one.
+func (u *Uplink) queue(suffix string, kind telemetry.Kind, seq uint64, body any) {
+	var err error
+	if seq == 0 {
+		if seq, err = u.opts.Seq.Next(); err != nil {
+			u.encodeErrors.Add(1)
+			u.log.Error("no sequence number; message not queued", "kind", kind, "err", err)
+			return
+		}
+	}
+	u.mu.Lock()
+	data, err := u.enc.Encode(u.opts.Node, seq, time.Now(), kind, body)
+	if err == nil {
+		err = u.opts.Spool.Put(seq, spool.Record{Topic: suffix, Payload: append([]byte(nil), data...), Queued: time.Now().Unix()})
+	}
+	u.mu.Unlock()
+	if err != nil {
+		u.encodeErrors.Add(1)
+		u.log.Error("message not queued", "kind", kind, "seq", seq, "err", err)
+		return
+	}
+	u.poke()
+}
+
+func (u *Uplink) poke() {
+	select {
+	case u.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flush turns the batches collected since the last flush into telemetry
+// messages of at most MaxMessage bytes each: as many batches per message as
+// fit, and a batch too large on its own split by its points.
+func (u *Uplink) flush() {
+	u.mu.Lock()
+	pending := u.pending
+	u.pending = nil
+	u.mu.Unlock()
+	var pieces []telemetry.Batch
+	for _, b := range pending {
+		pieces = append(pieces, u.split(b)...)
+	}
+	for len(pieces) > 0 {
+		n := 1
+		for n < len(pieces) && u.size(pieces[:n+1]) <= u.opts.MaxMessage {
+			n++
+		}
+		u.queue("telemetry", telemetry.KindBatch, 0, pieces[:n])
+		pieces = pieces[n:]
+	}
+}
+
+func (u *Uplink) split(b telemetry.Batch) []telemetry.Batch {
+	if len(b.Points) < 2 || u.size([]telemetry.Batch{b}) <= u.opts.MaxMessage {
+		return []telemetry.Batch{b}
+	}
+	half := len(b.Points) / 2
+	first, second := b, b
+	first.Points, second.Points = b.Points[:half], b.Points[half:]
+	return append(u.split(first), u.split(second)...)
+}
+
+// size is the encoded size of one message holding batches.
+func (u *Uplink) size(batches []telemetry.Batch) int {
+	return len(u.sizer.EncodeBatches(u.opts.Node, 1<<62, time.Now(), batches))
+}
+
+// Run keeps the session until ctx is cancelled: connects with backoff,
+// publishes from the spool within the in-flight window, spills to flash
+// while the broker is away or not acknowledging, and on the way out
+// flushes, syncs the spool and says offline cleanly.
+func (u *Uplink) Run(ctx context.Context) error {
+	flush := time.NewTicker(u.opts.FlushInterval)
+	defer flush.Stop()
+	inflight := 0
+	backoff := time.Second
+	connectAt := time.Now()
+	var retry <-chan time.Time = time.After(0)
+	connected := false
+	for {
+		select {
+		case <-ctx.Done():
+			u.flush()
+			return u.stop(connected)
+		case <-retry:
+			retry = nil
+			if u.connect() {
+				connected, backoff, inflight = true, time.Second, 0
+				u.opts.Spool.Requeue()
+				u.opts.Spool.Resume()
+				u.poke()
+				continue
+			}
+			if time.Since(connectAt) >= u.opts.ConnectTimeout {
+				u.spill("broker unreachable")
+			}
+			wait := backoff/2 + rand.N(backoff) // exponential, with jitter
+			backoff = min(2*backoff, 2*time.Minute)
+			retry = time.After(wait)
+		case err := <-u.lost:
+			if !connected {
+				continue
+			}
+			connected = false
+			u.setState("disconnected", "")
+			u.log.Warn("connection to broker lost", "err", err)
+			u.spill("connection lost")
+			connectAt, retry = time.Now(), time.After(rand.N(time.Second))
+		case <-flush.C:
+			u.flush()
+		case r := <-u.results:
+			inflight--
+			if r.err != nil {
+				u.log.Warn("publish not acknowledged; reconnecting", "seq", r.seq, "err", r.err)
+				if connected {
+					u.spill("publish unacknowledged")
+					u.client.Disconnect(0)
+					connected = false
+					u.setState("disconnected", "")
+					connectAt, retry = time.Now(), time.After(rand.N(time.Second))
+				}
+				continue
+			}
+			u.opts.Spool.Ack(r.seq)
+			u.published.Add(1)
+			u.mu.Lock()
+			u.lastAck = time.Now()
+			u.mu.Unlock()
+		case <-u.wake:
+		case m := <-u.inbound:
+			u.command(m.Payload())
+		}
+		for connected && inflight < u.opts.InFlight {
+			seq, rec, ok, err := u.opts.Spool.Next()
+			if err != nil {
+				u.log.Error("spool record unreadable; dropped", "err", err)
+				continue
+			}
+			if !ok {
+				break
+			}
+			inflight++
+			tok := u.client.Publish(u.topic(rec.Topic), 1, false, rec.Payload)
+			go func(seq uint64) {
+				err := errors.New("no PUBACK within publish_timeout")
+				if tok.WaitTimeout(u.opts.PublishTimeout) {
+					err = tok.Error()
+				}
+				u.results <- publishResult{seq: seq, err: err}
+			}(seq)
+		}
+	}
+}
+
+func (u *Uplink) spill(why string) {
+	if st := u.opts.Spool.Stats(); !st.Persisting {
+		u.log.Info("spooling to flash", "why", why, "records", st.Depth())
+	}
+	if err := u.opts.Spool.Spill(); err != nil {
+		u.log.Error("spool", "err", err)
+	}
+}
+
+// connect makes one attempt over the configured brokers.
+func (u *Uplink) connect() bool {
+	tok := u.client.Connect()
+	if !tok.WaitTimeout(u.opts.ConnectTimeout + time.Second) {
+		u.log.Warn("broker connect timed out", "brokers", u.opts.Brokers)
+		return false
+	}
+	if err := tok.Error(); err != nil {
+		u.log.Warn("broker connect failed", "brokers", u.opts.Brokers, "err", err)
+		return false
+	}
+	broker := ""
+	if r := u.client.OptionsReader(); len(r.Servers()) > 0 {
+		broker = r.Servers()[0].String()
+	}
+	u.setState("connected", broker)
+	u.log.Info("connected to broker", "broker", broker)
+	return true
+}
+
+func (u *Uplink) setState(state, broker string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.state = state
+	if state == "connected" {
+		u.broker, u.connectedSince = broker, time.Now()
+	}
+}
+
+// stop says offline (clean) while still connected, then lets the spool
+// write what is in memory to flash.
+func (u *Uplink) stop(connected bool) error {
+	if connected {
+		if off, err := u.envelope(telemetry.KindState, telemetry.State{State: "offline", Clean: true}); err == nil {
+			u.client.Publish(u.topic("state"), 1, true, off).WaitTimeout(time.Second)
+		}
+		u.client.Disconnect(250)
+	}
+	u.setState("stopped", "")
+	return u.opts.Spool.Close()
+}
+
+// command handles a message on the command topic. Commands are carried out
+// from issue 6 on; until then a message that does not decode is counted and
+// reported, and a valid one is logged.
+func (u *Uplink) command(payload []byte) {
+	env, err := telemetry.Decode(payload)
+	if err == nil && env.Kind != telemetry.KindCommand {
+		err = fmt.Errorf("a %s on the command topic", env.Kind)
+	}
+	if err != nil {
+		u.malformed.Add(1)
+		u.log.Warn("malformed message on the command topic", "err", err, "bytes", len(payload))
+		u.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Warning, Kind: "uplink", Subject: u.topic("cmd"),
+			New: "malformed", Message: "refused a malformed command: " + err.Error()})
+		return
+	}
+	u.log.Info("command received; commands are not carried out yet", "seq", env.Seq)
+}
+
+// Status returns the session's figures.
+func (u *Uplink) Status() Status {
+	u.mu.Lock()
+	st := Status{State: u.state, Broker: u.broker, ConnectedSince: u.connectedSince, LastAck: u.lastAck}
+	u.mu.Unlock()
+	if st.State != "connected" {
+		st.Broker, st.ConnectedSince = "", time.Time{}
+	}
+	st.Published, st.Malformed, st.EncodeErrors = u.published.Load(), u.malformed.Load(), u.encodeErrors.Load()
+	st.Spool = u.opts.Spool.Stats()
+	return st
+}
