@@ -22,6 +22,8 @@ import (
 	"github.com/seed69aca190/edgeagent/internal/buildinfo"
 	"github.com/seed69aca190/edgeagent/internal/seqfile"
 	"github.com/seed69aca190/edgeagent/update/handoff"
+	"github.com/seed69aca190/edgeagent/uplink"
+	"github.com/seed69aca190/edgeagent/uplink/spool"
 )
 
 // Agent is one running edgeagent daemon.
@@ -83,17 +85,52 @@ func (a *Agent) Run(ctx context.Context) error {
 	case err != nil:
 		return err
 	}
-	sink := &logSink{log: a.log.With("component", "telemetry")}
-	sched, closeAll, err := a.collectors(sink)
-	defer closeAll()
+	spoolDir := a.cfg.Paths.SpoolDir
+	if spoolDir == "" {
+		spoolDir = filepath.Join(stateDir, "spool")
+	}
+	sp, err := spool.Open(spool.Options{Dir: spoolDir, MaxBytes: int64(a.cfg.Spool.MaxBytes),
+		FsyncInterval: a.cfg.Spool.FsyncInterval, Log: a.log.With("component", "spool")})
 	if err != nil {
 		return err
 	}
+	up, err := uplink.New(uplink.Options{
+		Brokers: a.cfg.Uplink.Brokers, Node: node, TopicPrefix: a.cfg.Uplink.TopicPrefix,
+		Username: a.cfg.Uplink.Username, Password: a.cfg.Uplink.Password,
+		CAFile: a.cfg.Uplink.CAFile, CertFile: a.cfg.Uplink.CertFile, KeyFile: a.cfg.Uplink.KeyFile,
+		Keepalive: a.cfg.Uplink.Keepalive, ConnectTimeout: a.cfg.Uplink.ConnectTimeout,
+		PublishTimeout: a.cfg.Uplink.PublishTimeout, FlushInterval: a.cfg.Uplink.FlushInterval,
+		MaxMessage: int(a.cfg.Uplink.MaxMessage), Spool: sp, Seq: seq, Log: a.log.With("component", "uplink"),
+	})
+	if err != nil {
+		sp.Close()
+		return err
+	}
+	console := &logSink{log: a.log.With("component", "telemetry")}
+	sched, closeAll, err := a.collectors(teeSink{up, console})
+	defer closeAll()
+	if err != nil {
+		sp.Close()
+		return err
+	}
+	spoolStats := func() (uint64, uint64) {
+		st := sp.Stats()
+		return uint64(st.Depth()), st.Dropped
+	}
+
+	// Producers stop first; the uplink after them, so that the last StatsD
+	// flush and heartbeat still reach the spool.
+	upCtx, stopUplink := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopUplink()
+	upDone := make(chan error, 1)
+	go func() { upDone <- up.Run(upCtx) }()
 
 	var wg sync.WaitGroup
 	if listen := a.cfg.StatsD.Listen; listen != "" {
 		conn, err := sockets.PacketConn("statsd", listen)
 		if err != nil {
+			stopUplink()
+			<-upDone
 			return err
 		}
 		srv := statsd.New(conn, statsd.Options{
@@ -110,10 +147,21 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		})
 	}
+	st := &status{sched: sched, uplink: up, statsd: a.statsd, sockets: sockets, seq: seq, node: node,
+		version: bi.Version, spoolMax: int64(a.cfg.Spool.MaxBytes)}
+	if listen := a.cfg.HTTP.Listen; listen != "" {
+		l, err := sockets.Listener("http", listen)
+		if err != nil {
+			stopUplink()
+			<-upDone
+			return err
+		}
+		wg.Go(func() { st.serve(ctx, l, a.log.With("component", "http")) })
+	}
 	sockets.Close() // inherited sockets the configuration no longer has
 	if iv := a.cfg.Collect.Agent; iv > 0 {
 		sched.Add(collectors.NewAgent(collectors.AgentOptions{Sysfs: a.cfg.Paths.Sysfs, Procfs: a.cfg.Paths.Procfs,
-			Scheduler: sched, StatsD: a.statsd}), iv, 0)
+			Scheduler: sched, StatsD: a.statsd, Spool: spoolStats}), iv, 0)
 	}
 
 	bootID, err := host.New(a.cfg.Paths.Sysfs, a.cfg.Paths.Procfs).BootID()
@@ -124,13 +172,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { sched.Run(ctx) })
 	wg.Go(func() {
 		sched.RunHeartbeat(ctx, collectors.HeartbeatOptions{Node: node, Version: bi.Version, BootID: bootID,
-			Interval: a.cfg.Heartbeat.Interval, Seq: seq, Started: started})
+			Interval: a.cfg.Heartbeat.Interval, Seq: seq, Started: started, Spool: spoolStats})
 	})
 	<-ctx.Done()
 	a.log.Info("edgeagent stopping", "reason", context.Cause(ctx))
 	wg.Wait()
-	a.log.Info("edgeagent stopped", "batches", sink.batches.Load(), "points", sink.points.Load(),
-		"events", sink.events.Load(), "heartbeats", sink.heartbeats.Load(), "next_seq", seq.Peek())
+	stopUplink()
+	if err := <-upDone; err != nil {
+		a.log.Error("uplink", "err", err)
+	}
+	a.log.Info("edgeagent stopped", "batches", console.batches.Load(), "points", console.points.Load(),
+		"events", console.events.Load(), "heartbeats", console.heartbeats.Load(), "next_seq", seq.Peek(),
+		"spooled", sp.Stats().Depth())
 	return nil
 }
 

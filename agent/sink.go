@@ -9,12 +9,13 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/seed69aca190/edgeagent/collectors"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
-// logSink is where telemetry goes until the uplink exists: events are
-// logged as an operator on the serial console would want to see them;
-// batches and heartbeats at debug level, and counted.
+// logSink shows telemetry on the console beside the uplink: events as an
+// operator on the serial console wants to see them; batches and heartbeats
+// at debug level; all counted for the stop message.
 type logSink struct {
 	log                                 *slog.Logger
 	batches, points, events, heartbeats atomic.Uint64
@@ -74,4 +75,25 @@ func (s *logSink) Event(e telemetry.Event) {
 func (s *logSink) Heartbeat(h telemetry.Heartbeat) {
 	s.heartbeats.Add(1)
 	s.log.Debug("heartbeat", "seq", h.Seq, "health", h.Health, "why", h.Why)
+}
+
+// teeSink passes everything to each of its sinks.
+type teeSink []collectors.Sink
+
+func (t teeSink) Batch(b telemetry.Batch) {
+	for _, s := range t {
+		s.Batch(b)
+	}
+}
+
+func (t teeSink) Event(e telemetry.Event) {
+	for _, s := range t {
+		s.Event(e)
+	}
+}
+
+func (t teeSink) Heartbeat(h telemetry.Heartbeat) {
+	for _, s := range t {
+		s.Heartbeat(h)
+	}
 }

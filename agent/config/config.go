@@ -79,6 +79,8 @@ type Uplink struct {
 	Keepalive      time.Duration `yaml:"keepalive"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
+	FlushInterval  time.Duration `yaml:"flush_interval"`
+	MaxMessage     ByteSize      `yaml:"max_message"`
 }
 
 // Spool configures the on-flash store-and-forward queue.

@@ -68,6 +68,11 @@ func (c *Config) Validate() error {
 	v.duration("uplink.keepalive", c.Uplink.Keepalive, time.Second, 65535*time.Second) // MQTT's field is 16-bit seconds
 	v.duration("uplink.connect_timeout", c.Uplink.ConnectTimeout, 100*time.Millisecond, 10*time.Minute)
 	v.duration("uplink.publish_timeout", c.Uplink.PublishTimeout, 100*time.Millisecond, 10*time.Minute)
+	v.duration("uplink.flush_interval", c.Uplink.FlushInterval, 100*time.Millisecond, time.Hour)
+	if c.Uplink.MaxMessage < 4<<10 || c.Uplink.MaxMessage > 192<<10 {
+		// The controller refuses messages over 256 KiB; leave room for the envelope.
+		v.bad("uplink.max_message", c.Uplink.MaxMessage.String(), "a size from 4KiB to 192KiB")
+	}
 
 	if c.Spool.MaxBytes < 1<<20 {
 		v.bad("spool.max_bytes", c.Spool.MaxBytes.String(), "at least 1MiB")

@@ -19,7 +19,7 @@ import (
 // inherited "statsd" socket, and returns its log.
 func startAgent(t *testing.T, dir, cfg string, sock *os.File) (*exec.Cmd, *testenv.Buffer) {
 	t.Helper()
-	cmd := exec.Command(binary, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug")
+	cmd := exec.Command(binary, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug", "--http", "")
 	cmd.Env = os.Environ()
 	if sock != nil {
 		cmd.ExtraFiles = []*os.File{sock}
