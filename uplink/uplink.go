@@ -293,10 +293,19 @@ func (u *Uplink) Run(ctx context.Context) error {
 	connectAt := time.Now()
 	var retry <-chan time.Time = time.After(0)
 	connected := false
+	done := ctx.Done()
+	var grace <-chan time.Time // set once stopping: how long the last records may take
 	for {
+		if grace != nil && (!connected || (inflight == 0 && u.opts.Spool.Stats().Depth() == 0)) {
+			return u.stop(connected)
+		}
 		select {
-		case <-ctx.Done():
+		case <-done:
+			// Send what is queued while the broker still listens, briefly;
+			// what does not make it waits in the spool for the next start.
 			u.flush()
+			done, grace = nil, time.After(2*time.Second)
+		case <-grace:
 			return u.stop(connected)
 		case <-retry:
 			retry = nil

@@ -1,6 +1,6 @@
 // Command edgectl is the reference controller: it keeps the fleet view, sends
 // commands and rolls out upgrades, with an embedded MQTT broker so one machine
-// can run the whole system. This first version only reports its build.
+// can run the whole system. Commands and upgrades come with later issues.
 package main
 
 import (
@@ -10,6 +10,9 @@ import (
 )
 
 var commands = []cli.Command{
+	serveCommand,
+	nodesCommand,
+	eventsCommand,
 	cli.Version("edgectl"),
 }
 

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/seed69aca190/edgeagent/controller"
+	"github.com/seed69aca190/edgeagent/internal/cli"
+)
+
+var serveCommand = cli.Command{
+	Name:    "serve",
+	Summary: "run the controller (with an embedded MQTT broker unless --broker is given)",
+	Run:     serve,
+}
+
+const serveHelp = `Run the controller: it ingests what every node publishes, de-duplicates by
+node and sequence number, keeps the fleet view, marks a node offline on its last
+will or after three missed heartbeats, and serves the view over HTTP for
+'edgectl nodes' and 'edgectl events'. Without --broker it embeds an MQTT broker
+on --mqtt, so one machine runs the whole system; with --broker it connects to an
+external one (and --share lets several controllers split its ingest).`
+
+func serve(args []string, stdout, stderr io.Writer) int {
+	flags := cli.FlagSet("serve", "edgectl serve [flags]", serveHelp, stdout)
+	mqttAddr := flags.String("mqtt", "127.0.0.1:1883", "address of the embedded broker")
+	httpAddr := flags.String("http", "127.0.0.1:8080", "address of the HTTP API")
+	broker := flags.String("broker", "", "external broker URL (tcp://, ssl://); disables the embedded one")
+	share := flags.String("share", "", "shared-subscription group, for several controllers on one broker")
+	prefix := flags.String("prefix", "edge", "topic prefix")
+	heartbeat := flags.Duration("heartbeat", 10*time.Second, "the nodes' heartbeat interval; three missed = offline")
+	clientID := flags.String("client-id", "", "MQTT client id (default edgectl-<host name>)")
+	if ok, code := cli.Parse(flags, args, stderr); !ok {
+		return code
+	}
+	if !cli.Args(flags, 0, 0, stderr) {
+		return cli.ExitUsage
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	if *broker == "" {
+		srv, err := embeddedBroker(*mqttAddr, log)
+		if err != nil {
+			fmt.Fprintf(stderr, "edgectl serve: %v\n", err)
+			return cli.ExitFailure
+		}
+		defer srv.Close()
+		*broker = "tcp://" + *mqttAddr
+		log.Info("embedded MQTT broker listening", "address", *mqttAddr)
+	}
+	if *clientID == "" {
+		host, _ := os.Hostname()
+		*clientID = "edgectl-" + host
+	}
+	fleet := controller.NewFleet(controller.Options{HeartbeatInterval: *heartbeat, TopicPrefix: *prefix})
+	l, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		fmt.Fprintf(stderr, "edgectl serve: %v\n", err)
+		return cli.ExitFailure
+	}
+	api := &http.Server{Handler: controller.API(fleet), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := api.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("HTTP API stopped", "err", err)
+		}
+	}()
+	log.Info("HTTP API listening", "address", l.Addr().String())
+	err = controller.Ingest(ctx, controller.IngestOptions{Broker: *broker, ClientID: *clientID, Share: *share,
+		TopicPrefix: *prefix, Fleet: fleet, Log: log})
+	shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	api.Shutdown(shut)
+	if err != nil {
+		fmt.Fprintf(stderr, "edgectl serve: %v\n", err)
+		return cli.ExitFailure
+	}
+	return cli.ExitOK
+}
+
+// embeddedBroker starts mochi-mqtt on addr, open to any client: the demo's
+// broker on one machine. A fleet uses an external broker with TLS and ACLs.
+func embeddedBroker(addr string, log *slog.Logger) (*mochi.Server, error) {
+	srv := mochi.New(&mochi.Options{Logger: log.With("component", "broker"), InlineClient: false})
+	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+		return nil, err
+	}
+	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})); err != nil {
+		return nil, fmt.Errorf("embedded broker on %s: %w", addr, err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve() }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			return nil, fmt.Errorf("embedded broker: %w", err)
+		}
+	case <-time.After(100 * time.Millisecond):
+	}
+	return srv, nil
+}

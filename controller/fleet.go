@@ -1,0 +1,277 @@
+package controller
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/seed69aca190/edgeagent/telemetry"
+)
+
+// Node is what the controller knows about one node.
+type Node struct {
+	ID            string    `json:"id"`
+	Online        bool      `json:"online"`
+	Version       string    `json:"version,omitempty"`
+	Slot          string    `json:"slot,omitempty"`
+	Health        string    `json:"health,omitempty"`
+	Why           string    `json:"why,omitempty"`
+	BootID        string    `json:"boot_id,omitempty"`
+	HeartbeatSeq  uint64    `json:"heartbeat_seq"`
+	LastHeartbeat time.Time `json:"last_heartbeat,omitzero"`
+	LastSeen      time.Time `json:"last_seen,omitzero"`
+	SpoolDepth    uint64    `json:"spool_depth"`
+	SpoolDropped  uint64    `json:"spool_dropped"`
+	// Utilization holds the latest headline figures: cpu_percent,
+	// memory_percent, load1, and disk_percent (the fullest filesystem).
+	Utilization map[string]float64 `json:"utilization,omitempty"`
+	Messages    uint64             `json:"messages"`   // accepted, after de-duplication
+	Duplicates  uint64             `json:"duplicates"` // dropped as already seen
+}
+
+// EventRecord is an event in the fleet's log: a node's, or the controller's
+// own alert (node online or offline).
+type EventRecord struct {
+	ID   uint64          `json:"id"` // increasing, for following
+	Node string          `json:"node"`
+	telemetry.Event
+}
+
+// Options configure a Fleet.
+type Options struct {
+	// HeartbeatInterval is the nodes' heartbeat interval; a node that misses
+	// three is offline. Zero means 10 s.
+	HeartbeatInterval time.Duration
+	// KeepEvents bounds the event log; zero means 10000.
+	KeepEvents int
+	// TopicPrefix is the first part of every topic; empty means "edge".
+	TopicPrefix string
+}
+
+// Fleet is the controller's view of every node, fed with the messages the
+// nodes publish. It is safe for concurrent use.
+type Fleet struct {
+	opts Options
+
+	mu      sync.Mutex
+	nodes   map[string]*nodeState
+	events  []EventRecord
+	nextID  uint64
+	changed chan struct{} // closed and replaced when an event is added
+	bad     uint64
+}
+
+type nodeState struct {
+	Node
+	seen  map[uint64]struct{} // sequence numbers accepted recently
+	order []uint64            // the same, oldest first, to bound seen
+}
+
+// dedupWindow is how many recent sequence numbers per node are remembered:
+// more than a full 64 MiB spool drained after a day-long outage holds.
+const dedupWindow = 200_000
+
+// NewFleet returns an empty fleet.
+func NewFleet(opts Options) *Fleet {
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = 10 * time.Second
+	}
+	if opts.KeepEvents <= 0 {
+		opts.KeepEvents = 10000
+	}
+	if opts.TopicPrefix == "" {
+		opts.TopicPrefix = "edge"
+	}
+	return &Fleet{opts: opts, nodes: map[string]*nodeState{}, changed: make(chan struct{})}
+}
+
+// Handle takes one message from topic <prefix>/<node>/<kind>. Messages that
+// do not decode, or whose node does not match the topic, are refused with an
+// error and counted; a message already seen (same node and seq) is counted
+// as a duplicate and otherwise ignored.
+func (f *Fleet) Handle(topic string, payload []byte, now time.Time) error {
+	env, err := telemetry.Decode(payload)
+	if err == nil {
+		rest, _ := strings.CutPrefix(topic, f.opts.TopicPrefix+"/")
+		if node, _, _ := strings.Cut(rest, "/"); node != env.Node {
+			err = fmt.Errorf("node %q published on topic %s", env.Node, topic)
+		}
+	}
+	if err != nil {
+		f.mu.Lock()
+		f.bad++
+		f.mu.Unlock()
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.node(env.Node)
+	n.LastSeen = now
+	if env.Kind == telemetry.KindState { // presence: latest wins, not numbered for de-duplication
+		var st telemetry.State
+		if err := env.DecodeBody(&st); err != nil {
+			return err
+		}
+		why := "the node said " + st.State
+		if st.Clean {
+			why += ", stopping cleanly"
+		} else if st.State == "offline" {
+			why = "last will: the connection broke"
+		}
+		f.setOnline(n, st.State == "online", now, why, st.Clean)
+		return nil
+	}
+	if _, dup := n.seen[env.Seq]; dup {
+		n.Duplicates++
+		return nil
+	}
+	n.seen[env.Seq] = struct{}{}
+	n.order = append(n.order, env.Seq)
+	if len(n.order) > dedupWindow {
+		delete(n.seen, n.order[0])
+		n.order = n.order[1:]
+	}
+	n.Messages++
+	switch env.Kind {
+	case telemetry.KindHeartbeat:
+		var hb telemetry.Heartbeat
+		if err := env.DecodeBody(&hb); err != nil {
+			return err
+		}
+		if hb.Seq >= n.HeartbeatSeq { // a late one from the backlog does not move the view back
+			n.HeartbeatSeq, n.LastHeartbeat = hb.Seq, hb.Time
+			n.Version, n.Slot, n.Health, n.Why, n.BootID = hb.Version, hb.Slot, string(hb.Health), hb.Why, hb.BootID
+			n.SpoolDepth, n.SpoolDropped = hb.SpoolDepth, hb.Dropped
+		}
+		if now.Sub(hb.Time) < 3*f.opts.HeartbeatInterval {
+			f.setOnline(n, true, now, "heartbeat", false)
+		}
+	case telemetry.KindBatch:
+		batches, err := env.DecodeBatches()
+		if err != nil {
+			return err
+		}
+		for _, b := range batches {
+			utilization(n, b)
+		}
+	case telemetry.KindEvent:
+		var e telemetry.Event
+		if err := env.DecodeBody(&e); err != nil {
+			return err
+		}
+		f.addEvent(n.ID, e)
+	}
+	return nil
+}
+
+func (f *Fleet) node(id string) *nodeState {
+	n := f.nodes[id]
+	if n == nil {
+		n = &nodeState{Node: Node{ID: id}, seen: map[uint64]struct{}{}}
+		f.nodes[id] = n
+	}
+	return n
+}
+
+// utilization keeps the headline figures of a node's latest batches.
+func utilization(n *nodeState, b telemetry.Batch) {
+	if n.Utilization == nil {
+		n.Utilization = map[string]float64{}
+	}
+	disk, seenDisk := 0.0, false
+	for _, p := range b.Points {
+		switch {
+		case p.Name == "host.cpu.busy_percent" && p.Tags["cpu"] == "total":
+			n.Utilization["cpu_percent"] = p.Value
+		case p.Name == "host.memory.used_percent":
+			n.Utilization["memory_percent"] = p.Value
+		case p.Name == "host.load1":
+			n.Utilization["load1"] = p.Value
+		case p.Name == "fs.used_percent":
+			disk, seenDisk = max(disk, p.Value), true
+		}
+	}
+	if seenDisk {
+		n.Utilization["disk_percent"] = disk
+	}
+}
+
+// setOnline records a presence change and raises the controller's alert:
+// critical when a node is lost, a warning when it stopped on purpose.
+func (f *Fleet) setOnline(n *nodeState, online bool, now time.Time, why string, clean bool) {
+	if n.Online == online {
+		return
+	}
+	n.Online = online
+	e := telemetry.Event{Time: now, Kind: "node", Subject: n.ID, Old: "offline", New: "online", Severity: telemetry.Info,
+		Message: fmt.Sprintf("node %s is online (%s)", n.ID, why)}
+	if !online {
+		e.Old, e.New, e.Severity = "online", "offline", telemetry.Critical
+		if clean {
+			e.Severity = telemetry.Warning
+		}
+		e.Message = fmt.Sprintf("node %s is offline (%s)", n.ID, why)
+	}
+	f.addEvent(n.ID, e)
+}
+
+func (f *Fleet) addEvent(node string, e telemetry.Event) {
+	f.nextID++
+	f.events = append(f.events, EventRecord{ID: f.nextID, Node: node, Event: e})
+	if len(f.events) > f.opts.KeepEvents {
+		f.events = f.events[len(f.events)-f.opts.KeepEvents:]
+	}
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// Check marks nodes offline that missed three heartbeats.
+func (f *Fleet) Check(now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	deadline := 3 * f.opts.HeartbeatInterval
+	for _, n := range f.nodes {
+		if n.Online && now.Sub(n.LastSeen) > deadline && now.Sub(n.LastHeartbeat) > deadline {
+			f.setOnline(n, false, now, fmt.Sprintf("no heartbeat for %s", now.Sub(n.LastHeartbeat).Round(time.Second)), false)
+		}
+	}
+}
+
+// Nodes returns every node, by id.
+func (f *Fleet) Nodes() []Node {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]Node, 0, len(f.nodes))
+	for _, n := range f.nodes {
+		c := n.Node
+		if n.Utilization != nil {
+			c.Utilization = make(map[string]float64, len(n.Utilization))
+			for k, v := range n.Utilization {
+				c.Utilization[k] = v
+			}
+		}
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Events returns the events with an id above after, and a channel closed
+// when a newer one arrives (for following).
+func (f *Fleet) Events(after uint64) ([]EventRecord, <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(f.events, after+1, func(e EventRecord, id uint64) int {
+		return int(int64(e.ID) - int64(id))
+	})
+	return slices.Clone(f.events[i:]), f.changed
+}
+
+// Refused counts messages that did not decode or came on the wrong topic.
+func (f *Fleet) Refused() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.bad
+}
