@@ -34,8 +34,8 @@ type Node struct {
 // EventRecord is an event in the fleet's log: a node's, or the controller's
 // own alert (node online or offline).
 type EventRecord struct {
-	ID   uint64          `json:"id"` // increasing, for following
-	Node string          `json:"node"`
+	ID   uint64 `json:"id"` // increasing, for following
+	Node string `json:"node"`
 	telemetry.Event
 }
 
