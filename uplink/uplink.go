@@ -290,7 +290,6 @@ func (u *Uplink) Run(ctx context.Context) error {
 	defer flush.Stop()
 	inflight := 0
 	backoff := time.Second
-	connectAt := time.Now()
 	var retry <-chan time.Time = time.After(0)
 	connected := false
 	done := ctx.Done()
@@ -316,9 +315,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 				u.poke()
 				continue
 			}
-			if time.Since(connectAt) >= u.opts.ConnectTimeout {
-				u.spill("broker unreachable")
-			}
+			u.spill("broker unreachable") // disconnected: nothing waits in memory
 			wait := backoff/2 + rand.N(backoff) // exponential, with jitter
 			backoff = min(2*backoff, 2*time.Minute)
 			retry = time.After(wait)
@@ -330,7 +327,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 			u.setState("disconnected", "")
 			u.log.Warn("connection to broker lost", "err", err)
 			u.spill("connection lost")
-			connectAt, retry = time.Now(), time.After(rand.N(time.Second))
+			retry = time.After(rand.N(time.Second))
 		case <-flush.C:
 			u.flush()
 		case r := <-u.results:
@@ -342,7 +339,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 					u.client.Disconnect(0)
 					connected = false
 					u.setState("disconnected", "")
-					connectAt, retry = time.Now(), time.After(rand.N(time.Second))
+					retry = time.After(rand.N(time.Second))
 				}
 				continue
 			}

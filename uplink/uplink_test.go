@@ -89,7 +89,7 @@ func newUplink(t *testing.T, broker string, dir string) (*Uplink, *spool.Spool) 
 }
 
 // TestNothingLostAcrossBrokerRestart publishes events at 50/s while the real
-// broker is stopped for a while and started again: every sequence number
+// broker is stopped for two minutes and started again: every sequence number
 // arrives at the controller side, and the spool ends empty.
 func TestNothingLostAcrossBrokerRestart(t *testing.T) {
 	m := testenv.StartMosquitto(t, "")
@@ -100,20 +100,27 @@ func TestNothingLostAcrossBrokerRestart(t *testing.T) {
 	go func() { done <- u.Run(ctx) }()
 	testenv.WaitFor(t, 5*time.Second, func() bool { return u.Status().State == "connected" }, func() string { return u.Status().State })
 
-	const total = 300
+	const (
+		rate   = 50 // events per second
+		before = 5 * rate
+		outage = 120 * rate
+		total  = before + outage + 5*rate
+	)
 	go func() {
+		tick := time.NewTicker(time.Second / rate)
+		defer tick.Stop()
 		for i := range total {
+			<-tick.C
 			u.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Info, Kind: "test", Subject: "load", New: "n", Message: "event"})
-			if i == 50 {
+			switch i {
+			case before:
 				m.Stop()
-			}
-			if i == 200 {
+			case before + outage:
 				m.Start()
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	testenv.WaitFor(t, 60*time.Second, func() bool { return ctl.count() >= total }, func() string {
+	testenv.WaitFor(t, 4*time.Minute, func() bool { return ctl.count() >= total }, func() string {
 		return "controller saw " + itoa(ctl.count()) + " of " + itoa(total) + "; uplink " + u.Status().State
 	})
 	st := u.Status()

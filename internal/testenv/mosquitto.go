@@ -41,7 +41,15 @@ func StartMosquitto(t testing.TB, extra string) *Mosquitto {
 	l.Close()
 	_, port, _ := net.SplitHostPort(addr)
 	conf := filepath.Join(dir, "mosquitto.conf")
-	body := fmt.Sprintf("persistence true\npersistence_location %s/\nautosave_interval 1\nlog_dest stderr\nlog_type error\nlog_type warning\n", dir)
+	// The queue for an offline persistent session must hold a drained
+	// backlog: mosquitto's default (1000) drops the rest of it, silently.
+	body := fmt.Sprintf("persistence true\npersistence_location %s/\nautosave_interval 1\nmax_queued_messages 100000\n"+
+		"log_dest stderr\nlog_type error\nlog_type warning\n", dir)
+	if os.Geteuid() == 0 {
+		// Started as root, mosquitto switches to its own user, which may not
+		// write the test's directory: persistence would fail silently.
+		body += "user root\n"
+	}
 	if extra == "" {
 		body += fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\n", port)
 	} else {
