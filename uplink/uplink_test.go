@@ -25,13 +25,14 @@ type controllerSide struct {
 	mu    sync.Mutex
 	seen  map[uint64]int // seq → times received
 	kinds map[telemetry.Kind]int
-	state []string
-	bad   int
+	state     []string
+	bad       int
+	hbDropped map[uint64]uint64 // heartbeat seq → dropped count it carried
 }
 
 func subscribe(t *testing.T, broker string) *controllerSide {
 	t.Helper()
-	c := &controllerSide{seen: map[uint64]int{}, kinds: map[telemetry.Kind]int{}}
+	c := &controllerSide{seen: map[uint64]int{}, kinds: map[telemetry.Kind]int{}, hbDropped: map[uint64]uint64{}}
 	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID("test-controller").SetCleanSession(false).
 		SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).SetConnectRetry(true).
 		SetConnectRetryInterval(100 * time.Millisecond)
@@ -52,6 +53,12 @@ func subscribe(t *testing.T, broker string) *controllerSide {
 			}
 			c.seen[env.Seq]++
 			c.kinds[env.Kind]++
+			if env.Kind == telemetry.KindHeartbeat {
+				var hb telemetry.Heartbeat
+				if env.DecodeBody(&hb) == nil {
+					c.hbDropped[env.Seq] = hb.Dropped
+				}
+			}
 		})
 	})
 	cl := mqtt.NewClient(opts)
@@ -68,7 +75,9 @@ func (c *controllerSide) count() int {
 	return len(c.seen)
 }
 
-func newUplink(t *testing.T, broker string, dir string) (*Uplink, *spool.Spool) {
+// newUplink makes node-a's uplink with short intervals; tweak adjusts the
+// options further.
+func newUplink(t *testing.T, broker string, dir string, tweak ...func(*Options)) (*Uplink, *spool.Spool) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	sp, err := spool.Open(spool.Options{Dir: filepath.Join(dir, "spool"), FsyncInterval: 50 * time.Millisecond, Log: log})
@@ -79,9 +88,13 @@ func newUplink(t *testing.T, broker string, dir string) (*Uplink, *spool.Spool) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := New(Options{Brokers: []string{broker}, Node: "node-a", TopicPrefix: "edge", Keepalive: 2 * time.Second,
+	opts := Options{Brokers: []string{broker}, Node: "node-a", TopicPrefix: "edge", Keepalive: 2 * time.Second,
 		ConnectTimeout: time.Second, PublishTimeout: 2 * time.Second, FlushInterval: 100 * time.Millisecond,
-		Spool: sp, Seq: seq, Log: log})
+		Spool: sp, Seq: seq, Log: log}
+	for _, f := range tweak {
+		f(&opts)
+	}
+	u, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,3 +160,106 @@ func TestNothingLostAcrossBrokerRestart(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+func run(t *testing.T, u *Uplink) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- u.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// TestMalformedCommandIsCountedAndReported publishes garbage and a message
+// of the wrong kind on the node's command topic: each is counted and
+// reported as an event, and the session carries on.
+func TestMalformedCommandIsCountedAndReported(t *testing.T) {
+	m := testenv.StartMosquitto(t, "")
+	ctl := subscribe(t, m.URL)
+	u, _ := newUplink(t, m.URL, t.TempDir())
+	run(t, u)
+	testenv.WaitFor(t, 5*time.Second, func() bool { return u.Status().State == "connected" }, func() string { return u.Status().State })
+	time.Sleep(200 * time.Millisecond) // the subscription is made in the connect handler
+
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(m.URL).SetClientID("attacker"))
+	if tok := pub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer pub.Disconnect(100)
+	var e telemetry.Encoder
+	wrongKind, _ := e.Encode("node-a", 1, time.Now(), telemetry.KindState, telemetry.State{State: "offline"})
+	for _, p := range [][]byte{{0xff, 0xfe, 0x00}, append([]byte(nil), wrongKind...)} {
+		pub.Publish("edge/node-a/cmd", 1, false, p).WaitTimeout(5 * time.Second)
+	}
+	testenv.WaitFor(t, 5*time.Second, func() bool { return u.Status().Malformed == 2 },
+		func() string { return "malformed " + itoa(int(u.Status().Malformed)) })
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		ctl.mu.Lock()
+		defer ctl.mu.Unlock()
+		return ctl.kinds[telemetry.KindEvent] == 2
+	}, func() string { return "no error events reached the controller" })
+	// Still alive: a new event goes through.
+	u.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Info, Kind: "test", Subject: "after", New: "n", Message: "m"})
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		ctl.mu.Lock()
+		defer ctl.mu.Unlock()
+		return ctl.kinds[telemetry.KindEvent] == 3
+	}, func() string { return "session stopped after malformed input" })
+	if st := u.Status(); st.State != "connected" {
+		t.Errorf("state %s", st.State)
+	}
+}
+
+// TestFullSpoolDropCountReachesController fills a 1 MiB spool while the
+// broker is down; once it is back, the heartbeat the controller receives
+// carries the dropped count, and the newest records arrive.
+func TestFullSpoolDropCountReachesController(t *testing.T) {
+	m := testenv.StartMosquitto(t, "")
+	ctl := subscribe(t, m.URL)
+	m.Stop()
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(dir, "spool"), MaxBytes: 1 << 20, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq, _ := seqfile.Open(filepath.Join(dir, "seq"), 1000)
+	u, err := New(Options{Brokers: []string{m.URL}, Node: "node-a", TopicPrefix: "edge", Keepalive: 2 * time.Second,
+		ConnectTimeout: 500 * time.Millisecond, PublishTimeout: 2 * time.Second, Spool: sp, Seq: seq, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, u)
+	testenv.WaitFor(t, 5*time.Second, func() bool { return sp.Stats().Persisting }, func() string { return "not spooling" })
+	msg := string(make([]byte, 1000))
+	for range 3000 { // about 3 MiB into 1 MiB
+		u.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Info, Kind: "test", Subject: "flood", New: "n", Message: msg})
+	}
+	st := sp.Stats()
+	if st.Dropped == 0 {
+		t.Fatalf("nothing dropped: %+v", st)
+	}
+	hbSeq, _ := seq.Next()
+	u.Heartbeat(telemetry.Heartbeat{Node: "node-a", Seq: hbSeq, Time: time.Now(), Health: telemetry.Healthy,
+		SpoolDepth: uint64(st.Depth()), Dropped: st.Dropped})
+	m.Start()
+	testenv.WaitFor(t, 30*time.Second, func() bool {
+		ctl.mu.Lock()
+		defer ctl.mu.Unlock()
+		return ctl.seen[hbSeq] > 0
+	}, func() string { return "heartbeat never arrived" })
+	testenv.WaitFor(t, 30*time.Second, func() bool { return sp.Stats().Depth() == 0 }, func() string { return "backlog not drained" })
+	ctl.mu.Lock()
+	defer ctl.mu.Unlock()
+	if got := ctl.hbDropped[hbSeq]; got != st.Dropped {
+		t.Errorf("heartbeat carried dropped %d, want %d", got, st.Dropped)
+	}
+	if n := uint64(ctl.kinds[telemetry.KindEvent]); n+st.Dropped != 3000 {
+		t.Errorf("%d events arrived and %d were dropped; want 3000 together", n, st.Dropped)
+	}
+	t.Logf("3000 events of 1 KB into a 1 MiB spool: %d dropped (oldest first), %d delivered", st.Dropped, ctl.kinds[telemetry.KindEvent])
+}
