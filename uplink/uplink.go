@@ -315,7 +315,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 				u.poke()
 				continue
 			}
-			u.spill("broker unreachable") // disconnected: nothing waits in memory
+			u.spill("broker unreachable")       // disconnected: nothing waits in memory
 			wait := backoff/2 + rand.N(backoff) // exponential, with jitter
 			backoff = min(2*backoff, 2*time.Minute)
 			retry = time.After(wait)

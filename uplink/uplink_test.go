@@ -22,9 +22,9 @@ import (
 // session, so the broker keeps its messages across a restart, and counts
 // what arrives by (kind, seq).
 type controllerSide struct {
-	mu    sync.Mutex
-	seen  map[uint64]int // seq → times received
-	kinds map[telemetry.Kind]int
+	mu        sync.Mutex
+	seen      map[uint64]int // seq → times received
+	kinds     map[telemetry.Kind]int
 	state     []string
 	bad       int
 	hbDropped map[uint64]uint64 // heartbeat seq → dropped count it carried

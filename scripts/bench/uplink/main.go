@@ -3,10 +3,11 @@
 //   - backlog drain: 24 hours of 10-second telemetry messages (8,640) sit in
 //     the spool on flash; how long until the broker has acknowledged them all
 //     (a subscriber, as the controller, receives them too);
+//
 //   - flash writes while the broker is up (target: none) and during an
 //     outage (target: at most 1.2 × the payload), from /proc/self/io.
 //
-//	go run ./scripts/bench/uplink
+//     go run ./scripts/bench/uplink
 package main
 
 import (
