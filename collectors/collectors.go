@@ -69,14 +69,6 @@ type filter struct {
 	include, exclude []string
 }
 
-// ValidGlob reports why pattern is not a usable metric glob, or "".
-func ValidGlob(pattern string) string {
-	if _, err := path.Match(pattern, ""); err != nil {
-		return "a glob such as disk.* or *.p99 (" + err.Error() + ")"
-	}
-	return ""
-}
-
 func (f filter) keep(name string) bool {
 	if len(f.include) > 0 && !matchAny(f.include, name) {
 		return false

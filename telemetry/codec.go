@@ -91,9 +91,6 @@ func init() {
 	}
 }
 
-// Marshal encodes any schema value with the shared options.
-func Marshal(v any) ([]byte, error) { return encMode.Marshal(v) }
-
 // Encoder builds envelopes into a buffer it reuses: the bytes returned are
 // valid until the next call. Batches, the bulk of the traffic, are written by
 // hand: no allocation, and integral values as CBOR integers (a count costs one

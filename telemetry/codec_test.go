@@ -94,11 +94,11 @@ func TestForwardCompatible(t *testing.T) {
 		Envelope
 		Region string `cbor:"9,keyasint"`
 	}
-	body, err := Marshal(hbV2{Heartbeat: Heartbeat{Node: "n", Seq: 1, Time: time.Unix(1, 0), Health: Healthy}, Temperature: 41.5, Labels: []string{"a"}})
+	body, err := encMode.Marshal(hbV2{Heartbeat: Heartbeat{Node: "n", Seq: 1, Time: time.Unix(1, 0), Health: Healthy}, Temperature: 41.5, Labels: []string{"a"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err := Marshal(envV2{Envelope: Envelope{V: 2, Node: "n", Seq: 1, Time: time.Unix(1, 0), Kind: KindHeartbeat, Body: body}, Region: "eu"})
+	data, err := encMode.Marshal(envV2{Envelope: Envelope{V: 2, Node: "n", Seq: 1, Time: time.Unix(1, 0), Kind: KindHeartbeat, Body: body}, Region: "eu"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ func BenchmarkEncodeBatch(b *testing.B) {
 }
 
 func TestDecodeBatchesRejectsBadIndex(t *testing.T) {
-	body, err := Marshal(wireMessage{Strings: []string{"a"}, Batches: []wireBatch{{Source: "s", Time: time.Unix(1, 0),
+	body, err := encMode.Marshal(wireMessage{Strings: []string{"a"}, Batches: []wireBatch{{Source: "s", Time: time.Unix(1, 0),
 		Points: []wirePoint{{Name: 0, Value: 1}, {Name: 0, Value: 2, Tags: map[uint64]uint64{0: 5}}}}}})
 	if err != nil {
 		t.Fatal(err)

@@ -82,8 +82,8 @@ type publishResult struct {
 	err error
 }
 
-// ValidClientID reports why id cannot be an MQTT client id and topic level.
-func ValidClientID(id string) error {
+// validClientID reports why id cannot be an MQTT client id and topic level.
+func validClientID(id string) error {
 	if id == "" || strings.ContainsAny(id, "+#/\x00") {
 		return fmt.Errorf("node id %q cannot be an MQTT client id or topic level (no '+', '#', '/' or empty)", id)
 	}
@@ -92,7 +92,7 @@ func ValidClientID(id string) error {
 
 // New prepares the session; Run connects.
 func New(opts Options) (*Uplink, error) {
-	if err := ValidClientID(opts.Node); err != nil {
+	if err := validClientID(opts.Node); err != nil {
 		return nil, err
 	}
 	if opts.InFlight <= 0 {

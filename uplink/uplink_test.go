@@ -263,3 +263,11 @@ func TestFullSpoolDropCountReachesController(t *testing.T) {
 	}
 	t.Logf("3000 events of 1 KB into a 1 MiB spool: %d dropped (oldest first), %d delivered", st.Dropped, ctl.kinds[telemetry.KindEvent])
 }
+
+func TestClientIDMustBeATopicLevel(t *testing.T) {
+	for _, id := range []string{"", "a/b", "node+", "#"} {
+		if _, err := New(Options{Node: id}); err == nil {
+			t.Errorf("node id %q accepted as a client id", id)
+		}
+	}
+}
