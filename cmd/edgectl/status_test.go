@@ -1,0 +1,73 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/seed69aca190/edgeagent/internal/testenv"
+)
+
+func httpGet(url string) (int, string) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestAgentStatusEndpoint reads the agent's /healthz and /status while the
+// controller is up, and after it is gone: healthy while spooling within
+// limits, and /status says the uplink is disconnected and spooling.
+func TestAgentStatusEndpoint(t *testing.T) {
+	api, mqttAddr, httpAddr := freePort(t), freePort(t), freePort(t)
+	ctl, _ := start(t, edgectlBin, "serve", "--http", api, "--mqtt", mqttAddr)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "agent.yaml")
+	os.WriteFile(cfg, []byte("heartbeat:\n  interval: 1s\nuplink:\n  keepalive: 2s\n  flush_interval: 1s\ncollect:\n  host: 1s\n  smart: 0s\n"), 0o644)
+	_, agentLog := start(t, agentBin, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--node-id", "st",
+		"--broker", "tcp://"+mqttAddr, "--statsd", "", "--http", httpAddr)
+
+	base := "http://" + httpAddr
+	var body string
+	testenv.WaitFor(t, 15*time.Second, func() bool {
+		var code int
+		code, body = httpGet(base + "/healthz")
+		return code == 200 && body == "ok\n"
+	}, func() string { return "healthz: " + body + "\nagent:\n" + agentLog.String() })
+
+	ctl.Process.Signal(syscall.SIGKILL) // the controller and its broker vanish
+	ctl.Wait()
+	type status struct {
+		Healthy bool
+		NextSeq uint64 `json:"next_seq"`
+		Uplink  struct {
+			State string
+			Spool struct{ Disk int }
+		}
+	}
+	var st status
+	testenv.WaitFor(t, 15*time.Second, func() bool {
+		code, b := httpGet(base + "/status")
+		if code != 200 || json.Unmarshal([]byte(b), &st) != nil {
+			return false
+		}
+		return st.Uplink.State == "disconnected" && st.Uplink.Spool.Disk > 0
+	}, func() string { return "status: " + body })
+	code, body := httpGet(base + "/healthz")
+	if code != 200 || !strings.HasPrefix(body, "ok (uplink disconnected; spooling ") {
+		t.Errorf("healthz while spooling: %d %q", code, body)
+	}
+	if !st.Healthy || st.NextSeq == 0 {
+		t.Errorf("status %+v", st)
+	}
+}
