@@ -29,11 +29,8 @@ func runInventory(args []string, stdout, stderr io.Writer) int {
 	configPath := flags.String("config", defaultConfigPath, "YAML config file (paths, tunnels to watch)")
 	asJSON := flags.Bool("json", false, "print JSON")
 	noSmart := flags.Bool("no-smart", false, "skip SMART health (it runs smartctl once per disk)")
-	if ok, code := cli.Parse(flags, args, stderr); !ok {
+	if ok, code := cli.ParseNoArgs(flags, args, stderr); !ok {
 		return code
-	}
-	if !cli.Args(flags, 0, 0, stderr) {
-		return cli.ExitUsage
 	}
 	explicit := false
 	flags.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })

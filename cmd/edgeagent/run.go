@@ -50,11 +50,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	for _, o := range runOverrides {
 		values[o.flag] = flags.String(o.flag, "", o.help+" ("+o.key+")")
 	}
-	if ok, code := cli.Parse(flags, args, stderr); !ok {
+	if ok, code := cli.ParseNoArgs(flags, args, stderr); !ok {
 		return code
-	}
-	if !cli.Args(flags, 0, 0, stderr) {
-		return cli.ExitUsage
 	}
 
 	cfg, err := loadRunConfig(flags, *configPath, values)

@@ -45,11 +45,8 @@ func nodes(args []string, stdout, stderr io.Writer) int {
 	flags := cli.FlagSet("nodes", "edgectl nodes [--json] [--server URL]", "List every node the controller knows.", stdout)
 	asJSON := flags.Bool("json", false, "print JSON")
 	server := flags.String("server", defaultServer, "the controller's HTTP API")
-	if ok, code := cli.Parse(flags, args, stderr); !ok {
+	if ok, code := cli.ParseNoArgs(flags, args, stderr); !ok {
 		return code
-	}
-	if !cli.Args(flags, 0, 0, stderr) {
-		return cli.ExitUsage
 	}
 	var list []controller.Node
 	if err := get(*server, "/api/nodes", &list); err != nil {
@@ -120,11 +117,8 @@ func events(args []string, stdout, stderr io.Writer) int {
 	follow := flags.Bool("follow", false, "keep printing new events")
 	asJSON := flags.Bool("json", false, "print one JSON object per line")
 	server := flags.String("server", defaultServer, "the controller's HTTP API")
-	if ok, code := cli.Parse(flags, args, stderr); !ok {
+	if ok, code := cli.ParseNoArgs(flags, args, stderr); !ok {
 		return code
-	}
-	if !cli.Args(flags, 0, 0, stderr) {
-		return cli.ExitUsage
 	}
 	var after uint64
 	for {

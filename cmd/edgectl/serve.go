@@ -43,11 +43,8 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	prefix := flags.String("prefix", "edge", "topic prefix")
 	heartbeat := flags.Duration("heartbeat", 10*time.Second, "the nodes' heartbeat interval; three missed = offline")
 	clientID := flags.String("client-id", "", "MQTT client id (default edgectl-<host name>)")
-	if ok, code := cli.Parse(flags, args, stderr); !ok {
+	if ok, code := cli.ParseNoArgs(flags, args, stderr); !ok {
 		return code
-	}
-	if !cli.Args(flags, 0, 0, stderr) {
-		return cli.ExitUsage
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

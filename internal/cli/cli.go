@@ -100,20 +100,17 @@ func Parse(fs *flag.FlagSet, args []string, stderr io.Writer) (bool, int) {
 	return true, ExitOK
 }
 
-// Args checks the number of positional arguments left after the flags.
-func Args(fs *flag.FlagSet, lo, hi int, stderr io.Writer) bool {
-	if n := fs.NArg(); n < lo || n > hi {
-		fmt.Fprintf(stderr, "%s: got %d arguments, want %s (see --help)\n", fs.Name(), n, argRange(lo, hi))
-		return false
+// ParseNoArgs is Parse for a command that takes only flags: positional
+// arguments are a usage error.
+func ParseNoArgs(fs *flag.FlagSet, args []string, stderr io.Writer) (bool, int) {
+	if ok, code := Parse(fs, args, stderr); !ok {
+		return false, code
 	}
-	return true
-}
-
-func argRange(lo, hi int) string {
-	if lo == hi {
-		return fmt.Sprint(lo)
+	if n := fs.NArg(); n != 0 {
+		fmt.Fprintf(stderr, "%s: got %d arguments, want none (see --help)\n", fs.Name(), n)
+		return false, ExitUsage
 	}
-	return fmt.Sprintf("%d to %d", lo, hi)
+	return true, ExitOK
 }
 
 // Version is the "version [--json]" command of a program.
@@ -125,11 +122,8 @@ func Version(program string) Command {
 			fs := FlagSet("version", program+" version [--json]",
 				"Print the version, git commit, build date, target platform (GOOS/GOARCH and\nGOARM) and the Go version this binary was built with.", stdout)
 			asJSON := fs.Bool("json", false, "print JSON instead of one line")
-			if ok, code := Parse(fs, args, stderr); !ok {
+			if ok, code := ParseNoArgs(fs, args, stderr); !ok {
 				return code
-			}
-			if !Args(fs, 0, 0, stderr) {
-				return ExitUsage
 			}
 			if err := buildinfo.Read(program).Write(stdout, *asJSON); err != nil {
 				return ExitFailure
