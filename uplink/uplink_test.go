@@ -271,3 +271,49 @@ func TestClientIDMustBeATopicLevel(t *testing.T) {
 		}
 	}
 }
+
+// TestFlushSplitsAtMaxMessage flushes more points than fit one message:
+// every message stays within the cap and together they carry every point.
+func TestFlushSplitsAtMaxMessage(t *testing.T) {
+	u, sp := newUplink(t, "tcp://127.0.0.1:1", t.TempDir(), func(o *Options) { o.MaxMessage = 4 << 10 })
+	var want int
+	for b := range 5 {
+		batch := telemetry.Batch{Source: "s" + strconv.Itoa(b), Time: time.Unix(1763700000, 0)}
+		for i := range 200 {
+			batch.Points = append(batch.Points, telemetry.Point{Name: "metric.number." + strconv.Itoa(i), Value: float64(i) + 0.5,
+				Tags: map[string]string{"device": "dev" + strconv.Itoa(i%7)}})
+		}
+		want += len(batch.Points)
+		u.Batch(batch)
+	}
+	u.flush()
+	got, messages := 0, 0
+	for {
+		_, rec, ok, err := sp.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		messages++
+		if len(rec.Payload) > 4<<10 {
+			t.Errorf("message %d is %d bytes, over the 4 KiB cap", messages, len(rec.Payload))
+		}
+		env, err := telemetry.Decode(rec.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batches, err := env.DecodeBatches()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range batches {
+			got += len(b.Points)
+		}
+	}
+	if got != want || messages < 2 {
+		t.Errorf("%d points in %d messages, want %d points split over several", got, messages, want)
+	}
+	t.Logf("%d points in %d messages of at most 4 KiB", got, messages)
+}
