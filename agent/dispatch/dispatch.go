@@ -1,0 +1,287 @@
+// Package dispatch carries out the controller's commands on the node:
+// built-ins and plugins, each request id at most once (also across restarts,
+// through a persisted cache of recent results), a bounded number at a time,
+// and every refusal answered with a result that says why.
+package dispatch
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/seed69aca190/edgeagent/internal/atomicfile"
+	"github.com/seed69aca190/edgeagent/telemetry"
+)
+
+// Builtin is a command the agent carries out itself; what it returns is the
+// result's stdout.
+type Builtin func(ctx context.Context, args []string) ([]byte, error)
+
+// Options configure a Dispatcher.
+type Options struct {
+	Node           string
+	PluginDir      string
+	CacheDir       string        // one file per recent request id
+	CacheSize      int           // results kept; zero means 1000
+	Concurrency    int           // requests running at once; zero means 4
+	Queue          int           // requests waiting; zero means 16
+	OutputLimit    int           // bytes kept of stdout and of stderr; zero means 64 KiB
+	DefaultTimeout time.Duration // zero means 60 s
+	MaxTimeout     time.Duration // a request may not ask for more; zero means 1 h
+	Builtins       map[string]Builtin
+	Result         func(telemetry.CommandResult) // where results go (the uplink)
+	Log            *slog.Logger
+}
+
+// Dispatcher runs commands. Handle is safe for concurrent use.
+type Dispatcher struct {
+	opts  Options
+	queue chan telemetry.Command
+
+	mu      sync.Mutex
+	pending map[string]bool // ids queued or running
+
+	refused atomic.Uint64
+}
+
+// New returns a dispatcher; results of requests interrupted by the previous
+// process's end are sent now, as failed.
+func New(opts Options) (*Dispatcher, error) {
+	if opts.CacheSize <= 0 {
+		opts.CacheSize = 1000
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 4
+	}
+	if opts.Queue <= 0 {
+		opts.Queue = 16
+	}
+	if opts.OutputLimit <= 0 {
+		opts.OutputLimit = 64 << 10
+	}
+	if opts.DefaultTimeout <= 0 {
+		opts.DefaultTimeout = time.Minute
+	}
+	if opts.MaxTimeout <= 0 {
+		opts.MaxTimeout = time.Hour
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if err := os.MkdirAll(opts.CacheDir, 0o750); err != nil {
+		return nil, fmt.Errorf("command cache: %w", err)
+	}
+	d := &Dispatcher{opts: opts, queue: make(chan telemetry.Command, opts.Queue), pending: map[string]bool{}}
+	d.interrupted()
+	return d, nil
+}
+
+// Refused counts requests refused (malformed, expired, another node's,
+// unknown, unsafe, queue full).
+func (d *Dispatcher) Refused() uint64 { return d.refused.Load() }
+
+// Handle takes one request from the command topic. It never blocks: a
+// request is answered from the cache, refused, or queued.
+func (d *Dispatcher) Handle(env telemetry.Envelope) {
+	var c telemetry.Command
+	if err := env.DecodeBody(&c); err != nil {
+		d.refuse(telemetry.Command{}, "malformed request: "+err.Error())
+		return
+	}
+	now := time.Now()
+	switch {
+	case c.ID == "" || len(c.ID) > 128:
+		d.refuse(c, "malformed request: the id must be 1 to 128 bytes")
+		return
+	case c.Node != d.opts.Node:
+		d.refuse(c, fmt.Sprintf("request for node %q refused by node %q", c.Node, d.opts.Node))
+		return
+	}
+	if res, ok := d.cached(c.ID); ok {
+		res.Cached = true
+		d.opts.Log.Info("repeated command answered from the cache", "id", c.ID, "name", c.Name)
+		d.opts.Result(res)
+		return
+	}
+	switch {
+	case !c.ExpiresAt.IsZero() && now.After(c.ExpiresAt):
+		d.refuse(c, fmt.Sprintf("request expired at %s", c.ExpiresAt.UTC().Format(time.RFC3339)))
+		return
+	case time.Duration(c.TimeoutSec)*time.Second > d.opts.MaxTimeout:
+		d.refuse(c, fmt.Sprintf("timeout %ds exceeds the node's limit of %s", c.TimeoutSec, d.opts.MaxTimeout))
+		return
+	}
+	d.mu.Lock()
+	if d.pending[c.ID] { // redelivered while queued or running: it runs once
+		d.mu.Unlock()
+		return
+	}
+	select {
+	case d.queue <- c:
+		d.pending[c.ID] = true
+		d.mu.Unlock()
+	default:
+		d.mu.Unlock()
+		d.refuse(c, fmt.Sprintf("busy: %d requests running and %d queued", d.opts.Concurrency, d.opts.Queue))
+	}
+}
+
+// refuse answers a request that is not run. A refusal is not cached: the
+// same id may succeed later (once the queue has room).
+func (d *Dispatcher) refuse(c telemetry.Command, why string) {
+	d.refused.Add(1)
+	d.opts.Log.Warn("command refused", "id", c.ID, "name", c.Name, "reason", why)
+	d.opts.Result(telemetry.CommandResult{ID: c.ID, Status: telemetry.StatusRefused, Reason: why, ExitCode: -1})
+}
+
+// Run carries out queued requests, Concurrency at a time, until ctx is
+// cancelled; requests still running get their deadline's grace.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for range d.opts.Concurrency {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case c := <-d.queue:
+					d.execute(ctx, c)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return nil
+}
+
+func (d *Dispatcher) execute(ctx context.Context, c telemetry.Command) {
+	defer func() {
+		d.mu.Lock()
+		delete(d.pending, c.ID)
+		d.mu.Unlock()
+	}()
+	// Marked before it runs: should the agent die now, the restarted one
+	// reports the request as interrupted instead of running it again.
+	if err := atomicfile.WriteFile(d.path(c.ID, ".running"), []byte(c.ID), 0o640); err != nil {
+		d.refuse(c, "cannot record the request before running it: "+err.Error())
+		return
+	}
+	timeout := d.opts.DefaultTimeout
+	if c.TimeoutSec > 0 {
+		timeout = time.Duration(c.TimeoutSec) * time.Second
+	}
+	runCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var res telemetry.CommandResult
+	if b, ok := d.opts.Builtins[c.Name]; ok {
+		res = d.builtin(runCtx, b, c.Args)
+	} else if path, err := checkPlugin(d.opts.PluginDir, c.Name); err != nil {
+		d.refused.Add(1)
+		res = telemetry.CommandResult{Status: telemetry.StatusRefused, Reason: err.Error(), ExitCode: -1}
+	} else {
+		res = runPlugin(runCtx, path, c.Args, d.opts.OutputLimit)
+	}
+	res.ID = c.ID
+	d.opts.Log.Info("command done", "id", c.ID, "name", c.Name, "status", res.Status, "exit", res.ExitCode,
+		"ms", res.DurationMs, "reason", res.Reason)
+	d.store(res)
+	os.Remove(d.path(c.ID, ".running"))
+	d.opts.Result(res)
+}
+
+func (d *Dispatcher) builtin(ctx context.Context, b Builtin, args []string) telemetry.CommandResult {
+	res := telemetry.CommandResult{Started: time.Now()}
+	out, err := b(ctx, args)
+	res.DurationMs = time.Since(res.Started).Milliseconds()
+	stdout := &capped{limit: d.opts.OutputLimit}
+	stdout.Write(out)
+	res.Stdout = stdout.output()
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		res.Status, res.ExitCode, res.Reason = telemetry.StatusTimedOut, -1, "deadline reached"
+	case err != nil:
+		res.Status, res.ExitCode, res.Reason = telemetry.StatusFailed, 1, err.Error()
+		res.Stderr = telemetry.Output{Data: []byte(err.Error() + "\n"), Total: uint64(len(err.Error()) + 1)}
+	default:
+		res.Status = telemetry.StatusOK
+	}
+	return res
+}
+
+// path names a request's cache file: a hash, so an id can never be a path.
+func (d *Dispatcher) path(id, suffix string) string {
+	sum := sha256.Sum256([]byte(id))
+	return filepath.Join(d.opts.CacheDir, hex.EncodeToString(sum[:16])+suffix)
+}
+
+func (d *Dispatcher) cached(id string) (telemetry.CommandResult, bool) {
+	data, err := os.ReadFile(d.path(id, ".result"))
+	if err != nil {
+		return telemetry.CommandResult{}, false
+	}
+	env, err := telemetry.Decode(data)
+	var res telemetry.CommandResult
+	if err == nil {
+		err = env.DecodeBody(&res)
+	}
+	return res, err == nil && res.ID == id
+}
+
+// store keeps a result for repeats, durably, and forgets the oldest beyond
+// CacheSize.
+func (d *Dispatcher) store(res telemetry.CommandResult) {
+	var e telemetry.Encoder
+	data, err := e.Encode(d.opts.Node, 0, time.Now(), telemetry.KindCommandResult, res)
+	if err == nil {
+		err = atomicfile.WriteFile(d.path(res.ID, ".result"), data, 0o640)
+	}
+	if err != nil {
+		d.opts.Log.Error("command result not cached; a repeat would run again", "id", res.ID, "err", err)
+		return
+	}
+	entries, err := os.ReadDir(d.opts.CacheDir)
+	if err != nil || len(entries) <= d.opts.CacheSize {
+		return
+	}
+	type aged struct {
+		name string
+		mod  time.Time
+	}
+	var results []aged
+	for _, e := range entries {
+		if fi, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".result") {
+			results = append(results, aged{e.Name(), fi.ModTime()})
+		}
+	}
+	slices.SortFunc(results, func(a, b aged) int { return a.mod.Compare(b.mod) })
+	for _, r := range results[:max(0, len(results)-d.opts.CacheSize)] {
+		os.Remove(filepath.Join(d.opts.CacheDir, r.name))
+	}
+}
+
+// interrupted answers requests that were running when the previous process
+// ended: they are not run again.
+func (d *Dispatcher) interrupted() {
+	matches, _ := filepath.Glob(filepath.Join(d.opts.CacheDir, "*.running"))
+	for _, m := range matches {
+		id, err := os.ReadFile(m)
+		if err != nil {
+			continue
+		}
+		res := telemetry.CommandResult{ID: string(id), Status: telemetry.StatusFailed, ExitCode: -1,
+			Reason: "the agent stopped while this request ran; it is not run again"}
+		d.store(res)
+		os.Remove(m)
+		d.opts.Result(res)
+	}
+}

@@ -1,0 +1,349 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/seed69aca190/edgeagent/internal/testenv"
+	"github.com/seed69aca190/edgeagent/telemetry"
+)
+
+type harness struct {
+	t       *testing.T
+	d       *Dispatcher
+	plugins string
+	cache   string
+	mu      sync.Mutex
+	results map[string][]telemetry.CommandResult
+	cancel  func()
+}
+
+func newHarness(t *testing.T, plugins, cache string) *harness {
+	t.Helper()
+	h := &harness{t: t, plugins: plugins, cache: cache, results: map[string][]telemetry.CommandResult{}}
+	d, err := New(Options{Node: "node-a", PluginDir: plugins, CacheDir: cache, DefaultTimeout: 5 * time.Second,
+		Builtins: map[string]Builtin{"ping": func(context.Context, []string) ([]byte, error) { return []byte("pong\n"), nil }},
+		Result: func(r telemetry.CommandResult) {
+			h.mu.Lock()
+			h.results[r.ID] = append(h.results[r.ID], r)
+			h.mu.Unlock()
+		},
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.d = d
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	h.cancel = func() { cancel(); <-done }
+	t.Cleanup(h.cancel)
+	return h
+}
+
+func pluginDir(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "plugins")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func plugin(t *testing.T, dir, name, script string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/sh\n"+script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// send encodes a request as the controller would and hands it over.
+func (h *harness) send(c telemetry.Command) {
+	h.t.Helper()
+	if c.Node == "" {
+		c.Node = "node-a"
+	}
+	if c.IssuedAt.IsZero() {
+		c.IssuedAt, c.ExpiresAt = time.Now(), time.Now().Add(time.Minute)
+	}
+	var e telemetry.Encoder
+	data, err := e.Encode("controller", 1, time.Now(), telemetry.KindCommand, c)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	env, err := telemetry.Decode(data)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.d.Handle(env)
+}
+
+// wait returns the n-th result for id.
+func (h *harness) wait(id string, n int) telemetry.CommandResult {
+	h.t.Helper()
+	var res telemetry.CommandResult
+	testenv.WaitFor(h.t, 20*time.Second, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if len(h.results[id]) >= n {
+			res = h.results[id][n-1]
+			return true
+		}
+		return false
+	}, func() string { return fmt.Sprintf("no result %d for %q", n, id) })
+	return res
+}
+
+func TestArgumentsArePassedLiterally(t *testing.T) {
+	dir := pluginDir(t)
+	plugin(t, dir, "show", `for a in "$@"; do printf '[%s]\n' "$a"; done; pwd; env | sort`)
+	h := newHarness(t, dir, t.TempDir())
+	args := []string{"a; touch /tmp/edgetest-pwned", "$(id)", "`id`", "two words", "'quoted'", "*"}
+	h.send(telemetry.Command{ID: "args", Name: "show", Args: args})
+	res := h.wait("args", 1)
+	want := ""
+	for _, a := range args {
+		want += "[" + a + "]\n"
+	}
+	env := append(slices.Clone(pluginEnv), "PWD="+dir) // the shell adds PWD; nothing of the agent's
+	slices.Sort(env)
+	want += dir + "\n" + strings.Join(env, "\n") + "\n"
+	if res.Status != telemetry.StatusOK || string(res.Stdout.Data) != want {
+		t.Errorf("result %s %q\ngot  %q\nwant %q", res.Status, res.Reason, res.Stdout.Data, want)
+	}
+	if _, err := os.Stat("/tmp/edgetest-pwned"); err == nil {
+		os.Remove("/tmp/edgetest-pwned")
+		t.Error("an argument was run by a shell")
+	}
+}
+
+func TestEachIDRunsOnceAcrossRestart(t *testing.T) {
+	dir := pluginDir(t)
+	count := filepath.Join(t.TempDir(), "runs")
+	plugin(t, dir, "count", `echo run >> "$1"; sleep 0.3; echo done`)
+	cache := t.TempDir()
+	h := newHarness(t, dir, cache)
+	h.send(telemetry.Command{ID: "once", Name: "count", Args: []string{count}})
+	h.send(telemetry.Command{ID: "once", Name: "count", Args: []string{count}}) // QoS 1 redelivery while running
+	first := h.wait("once", 1)
+	h.send(telemetry.Command{ID: "once", Name: "count", Args: []string{count}}) // replay after it finished
+	second := h.wait("once", 2)
+	h.cancel()
+
+	h2 := newHarness(t, dir, cache) // the agent restarted (or was upgraded)
+	h2.send(telemetry.Command{ID: "once", Name: "count", Args: []string{count}})
+	third := h2.wait("once", 1)
+
+	data, _ := os.ReadFile(count)
+	if runs := strings.Count(string(data), "run"); runs != 1 {
+		t.Fatalf("the plugin ran %d times for one id", runs)
+	}
+	if first.Status != telemetry.StatusOK || first.Cached || !second.Cached || !third.Cached ||
+		string(third.Stdout.Data) != "done\n" {
+		t.Errorf("results %+v / %+v / %+v", first, second, third)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	dir := pluginDir(t)
+	plugin(t, dir, "ok", "echo fine")
+	h := newHarness(t, dir, t.TempDir())
+	for _, tc := range []struct {
+		c    telemetry.Command
+		want string
+	}{
+		{telemetry.Command{ID: "expired", Name: "ok", IssuedAt: time.Now().Add(-time.Hour), ExpiresAt: time.Now().Add(-time.Minute)}, "expired"},
+		{telemetry.Command{ID: "other", Node: "node-b", Name: "ok"}, `request for node "node-b" refused by node "node-a"`},
+		{telemetry.Command{ID: "unknown", Name: "nope"}, `no plugin or built-in named "nope"`},
+		{telemetry.Command{ID: "slash", Name: "../../bin/sh"}, "is not a plugin name"},
+		{telemetry.Command{ID: "abs", Name: "/bin/sh"}, "is not a plugin name"},
+		{telemetry.Command{ID: "dotdot", Name: ".."}, "is not a plugin name"},
+		{telemetry.Command{ID: "meta", Name: "ok;id"}, "is not a plugin name"},
+		{telemetry.Command{ID: "subst", Name: "$(id)"}, "is not a plugin name"},
+		{telemetry.Command{ID: "long-timeout", Name: "ok", TimeoutSec: 100000}, "exceeds the node's limit"},
+	} {
+		h.send(tc.c)
+		res := h.wait(tc.c.ID, 1)
+		if res.Status != telemetry.StatusRefused || !strings.Contains(res.Reason, tc.want) {
+			t.Errorf("%s: %s %q, want refused with %q", tc.c.ID, res.Status, res.Reason, tc.want)
+		}
+	}
+	// A body that does not decode as a request still gets an answer.
+	var e telemetry.Encoder
+	data, _ := e.Encode("controller", 1, time.Now(), telemetry.KindCommand, map[string]int{"garbage": 1})
+	env, _ := telemetry.Decode(data)
+	h.d.Handle(env)
+	if res := h.wait("", 1); res.Status != telemetry.StatusRefused || !strings.Contains(res.Reason, "malformed") {
+		t.Errorf("malformed: %+v", res)
+	}
+	if h.d.Refused() != 10 {
+		t.Errorf("refused %d, want 10", h.d.Refused())
+	}
+}
+
+func TestUnsafePermissionsAreRefused(t *testing.T) {
+	dir := pluginDir(t)
+	plugin(t, dir, "open", "echo hi")
+	os.Chmod(filepath.Join(dir, "open"), 0o757)
+	plugin(t, dir, "link-target", "echo hi")
+	os.Symlink("/bin/true", filepath.Join(dir, "link"))
+	h := newHarness(t, dir, t.TempDir())
+	h.send(telemetry.Command{ID: "ww", Name: "open"})
+	if res := h.wait("ww", 1); res.Status != telemetry.StatusRefused || !strings.Contains(res.Reason, "writable by group or others") {
+		t.Errorf("world-writable plugin: %+v", res)
+	}
+	h.send(telemetry.Command{ID: "ln", Name: "link"})
+	if res := h.wait("ln", 1); res.Status != telemetry.StatusRefused || !strings.Contains(res.Reason, "not a regular file") {
+		t.Errorf("symlink: %+v", res)
+	}
+	os.Chmod(dir, 0o777)
+	h.send(telemetry.Command{ID: "wwdir", Name: "link-target"})
+	if res := h.wait("wwdir", 1); res.Status != telemetry.StatusRefused || !strings.Contains(res.Reason, "plugin directory") {
+		t.Errorf("world-writable directory: %+v", res)
+	}
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+func readPID(t *testing.T, path string) int {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// TestNothingOutlivesItsDeadline: a plugin that hangs is killed at its
+// deadline, and one that leaves a grandchild behind loses it when it exits.
+func TestNothingOutlivesItsDeadline(t *testing.T) {
+	dir := pluginDir(t)
+	tmp := t.TempDir()
+	plugin(t, dir, "hang", `echo $$ > "$1"; trap '' TERM; sleep 1000`) // ignores SIGTERM: needs SIGKILL
+	plugin(t, dir, "fork", `sleep 1000 & echo $! > "$1"; echo forked`)
+	h := newHarness(t, dir, t.TempDir())
+
+	start := time.Now()
+	h.send(telemetry.Command{ID: "hang", Name: "hang", Args: []string{filepath.Join(tmp, "hang.pid")}, TimeoutSec: 1})
+	res := h.wait("hang", 1)
+	if res.Status != telemetry.StatusTimedOut || time.Since(start) > 1*time.Second+killGrace+2*time.Second {
+		t.Errorf("hang: %+v after %v", res, time.Since(start))
+	}
+	if pid := readPID(t, filepath.Join(tmp, "hang.pid")); alive(pid) {
+		t.Errorf("hanging plugin %d still alive after its deadline", pid)
+	}
+
+	h.send(telemetry.Command{ID: "fork", Name: "fork", Args: []string{filepath.Join(tmp, "fork.pid")}})
+	res = h.wait("fork", 1)
+	if res.Status != telemetry.StatusOK || string(res.Stdout.Data) != "forked\n" {
+		t.Errorf("fork: %+v", res)
+	}
+	pid := readPID(t, filepath.Join(tmp, "fork.pid"))
+	testenv.WaitFor(t, 2*time.Second, func() bool { return !alive(pid) }, func() string { return "grandchild outlived the plugin" })
+}
+
+// TestHugeOutputIsCapped runs a plugin that writes 1 GiB: the result keeps
+// the first 64 KiB, flagged, with the true total, and the agent's memory
+// stays bounded.
+func TestHugeOutputIsCapped(t *testing.T) {
+	dir := pluginDir(t)
+	plugin(t, dir, "flood", `head -c 1073741824 /dev/zero; echo oops >&2`)
+	h := newHarness(t, dir, t.TempDir())
+	h.send(telemetry.Command{ID: "flood", Name: "flood", TimeoutSec: 60})
+	res := h.wait("flood", 1)
+	if res.Status != telemetry.StatusOK || len(res.Stdout.Data) != 64<<10 || !res.Stdout.Truncated || res.Stdout.Total != 1<<30 ||
+		string(res.Stderr.Data) != "oops\n" || res.Stderr.Truncated {
+		t.Errorf("flood: status %s, stdout %d bytes (truncated %v, total %d), stderr %q",
+			res.Status, len(res.Stdout.Data), res.Stdout.Truncated, res.Stdout.Total, res.Stderr.Data)
+	}
+	status, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			t.Logf("test process peak RSS after piping 1 GiB: %s", strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")))
+		}
+	}
+}
+
+// TestHundredAtOnce sends 100 requests at once: 4 run, 16 wait, the rest are
+// refused (not dropped); every accepted id runs exactly once.
+func TestHundredAtOnce(t *testing.T) {
+	dir := pluginDir(t)
+	runs := t.TempDir()
+	plugin(t, dir, "work", `echo x >> "$1/$2"; sleep 0.2`)
+	h := newHarness(t, dir, t.TempDir())
+	for i := range 100 {
+		id := "req-" + strconv.Itoa(i)
+		h.send(telemetry.Command{ID: id, Name: "work", Args: []string{runs, id}})
+	}
+	ok, refused := 0, 0
+	for i := range 100 {
+		res := h.wait("req-"+strconv.Itoa(i), 1)
+		switch res.Status {
+		case telemetry.StatusOK:
+			ok++
+		case telemetry.StatusRefused:
+			refused++
+			if !strings.Contains(res.Reason, "busy") {
+				t.Errorf("refused for %q", res.Reason)
+			}
+		default:
+			t.Errorf("req-%d: %+v", i, res)
+		}
+	}
+	entries, _ := os.ReadDir(runs)
+	for _, e := range entries {
+		data, _ := os.ReadFile(filepath.Join(runs, e.Name()))
+		if string(data) != "x\n" {
+			t.Errorf("%s ran %d times", e.Name(), strings.Count(string(data), "x"))
+		}
+	}
+	if ok+refused != 100 || ok < 20 || len(entries) != ok {
+		t.Errorf("%d ok, %d refused, %d ran; want every request answered, at least 4+16 run", ok, refused, len(entries))
+	}
+	t.Logf("100 at once: %d ran, %d refused as busy", ok, refused)
+}
+
+func TestInterruptedRequestIsNotRerun(t *testing.T) {
+	dir := pluginDir(t)
+	plugin(t, dir, "slow", "sleep 1000")
+	cache := t.TempDir()
+	// As if the previous agent died while the request ran.
+	h := &harness{t: t}
+	d := &Dispatcher{opts: Options{CacheDir: cache}}
+	h.d = d
+	if err := os.WriteFile(d.path("lost", ".running"), []byte("lost"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	h2 := newHarness(t, dir, cache)
+	res := h2.wait("lost", 1)
+	if res.Status != telemetry.StatusFailed || !strings.Contains(res.Reason, "not run again") {
+		t.Fatalf("%+v", res)
+	}
+	h2.send(telemetry.Command{ID: "lost", Name: "slow"})
+	if res := h2.wait("lost", 2); !res.Cached {
+		t.Fatalf("repeat after restart: %+v", res)
+	}
+}
+
+func TestBuiltin(t *testing.T) {
+	h := newHarness(t, pluginDir(t), t.TempDir())
+	h.send(telemetry.Command{ID: "p", Name: "ping"})
+	if res := h.wait("p", 1); res.Status != telemetry.StatusOK || string(res.Stdout.Data) != "pong\n" {
+		t.Fatalf("%+v", res)
+	}
+}
