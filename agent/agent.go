@@ -15,12 +15,14 @@ import (
 	"time"
 
 	"github.com/seed69aca190/edgeagent/agent/config"
+	"github.com/seed69aca190/edgeagent/agent/dispatch"
 	"github.com/seed69aca190/edgeagent/collectors"
 	"github.com/seed69aca190/edgeagent/collectors/statsd"
 	"github.com/seed69aca190/edgeagent/hal/host"
 	"github.com/seed69aca190/edgeagent/hal/nic"
 	"github.com/seed69aca190/edgeagent/internal/buildinfo"
 	"github.com/seed69aca190/edgeagent/internal/seqfile"
+	"github.com/seed69aca190/edgeagent/telemetry"
 	"github.com/seed69aca190/edgeagent/update/handoff"
 	"github.com/seed69aca190/edgeagent/uplink"
 	"github.com/seed69aca190/edgeagent/uplink/spool"
@@ -94,6 +96,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var disp *dispatch.Dispatcher // made below, once the uplink can carry its results
 	up, err := uplink.New(uplink.Options{
 		Brokers: a.cfg.Uplink.Brokers, Node: node, TopicPrefix: a.cfg.Uplink.TopicPrefix,
 		Username: a.cfg.Uplink.Username, Password: a.cfg.Uplink.Password,
@@ -101,6 +104,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Keepalive: a.cfg.Uplink.Keepalive, ConnectTimeout: a.cfg.Uplink.ConnectTimeout,
 		PublishTimeout: a.cfg.Uplink.PublishTimeout, FlushInterval: a.cfg.Uplink.FlushInterval,
 		MaxMessage: int(a.cfg.Uplink.MaxMessage), Spool: sp, Seq: seq, Log: a.log.With("component", "uplink"),
+		OnCommand: func(env telemetry.Envelope) { disp.Handle(env) },
 	})
 	if err != nil {
 		sp.Close()
@@ -119,18 +123,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	// Producers stop first; the uplink after them, so that the last StatsD
-	// flush and heartbeat still reach the spool.
-	upCtx, stopUplink := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopUplink()
-	upDone := make(chan error, 1)
-	go func() { upDone <- up.Run(upCtx) }()
-
+	// flush and heartbeat still reach the spool. Until it runs, what is
+	// produced waits in the spool.
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	producers, stopProducers := context.WithCancel(ctx)
+	defer stopProducers()
+	ctx = producers
 	if listen := a.cfg.StatsD.Listen; listen != "" {
 		conn, err := sockets.PacketConn("statsd", listen)
 		if err != nil {
-			stopUplink()
-			<-upDone
+			sp.Close()
 			return err
 		}
 		srv := statsd.New(conn, statsd.Options{
@@ -148,12 +151,22 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	st := &status{sched: sched, uplink: up, statsd: a.statsd, sockets: sockets, seq: seq, node: node,
-		version: bi.Version, spoolMax: int64(a.cfg.Spool.MaxBytes)}
+		version: bi.Version, spoolMax: int64(a.cfg.Spool.MaxBytes), started: time.Now()}
+	disp, err = dispatch.New(dispatch.Options{
+		Node: node, PluginDir: a.cfg.Paths.PluginDir, CacheDir: filepath.Join(stateDir, "commands"),
+		Concurrency: a.cfg.Commands.Concurrency, Queue: a.cfg.Commands.Queue, OutputLimit: int(a.cfg.Commands.OutputLimit),
+		DefaultTimeout: a.cfg.Commands.Timeout, MaxTimeout: a.cfg.Commands.MaxTimeout,
+		Builtins: a.builtins(node, bi.Version, sched, sp, st), Result: up.Result, Log: a.log.With("component", "commands"),
+	})
+	if err != nil {
+		sp.Close()
+		return err
+	}
+	wg.Go(func() { disp.Run(ctx) })
 	if listen := a.cfg.HTTP.Listen; listen != "" {
 		l, err := sockets.Listener("http", listen)
 		if err != nil {
-			stopUplink()
-			<-upDone
+			sp.Close()
 			return err
 		}
 		wg.Go(func() { st.serve(ctx, l, a.log.With("component", "http")) })
@@ -168,6 +181,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		a.log.Warn("boot id unknown", "err", err)
 	}
+	upCtx, stopUplink := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopUplink()
+	upDone := make(chan error, 1)
+	go func() { upDone <- up.Run(upCtx) }()
 	started := time.Now()
 	wg.Go(func() { sched.Run(ctx) })
 	wg.Go(func() {

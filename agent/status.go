@@ -38,7 +38,6 @@ type status struct {
 const spoolLimit = 0.9
 
 func (s *status) serve(ctx context.Context, l net.Listener, log *slog.Logger) {
-	s.started = time.Now()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /status", s.status)
@@ -84,20 +83,23 @@ func (s *status) healthz(w http.ResponseWriter, _ *http.Request) {
 	}
 }
 
-func (s *status) status(w http.ResponseWriter, _ *http.Request) {
-	body := struct {
-		Node          string              `json:"node"`
-		Version       string              `json:"version"`
-		UptimeSec     int64               `json:"uptime_sec"`
-		Healthy       bool                `json:"healthy"`
-		Problems      []string            `json:"problems,omitempty"`
-		NextSeq       uint64              `json:"next_seq"`
-		Uplink        uplink.Status       `json:"uplink"`
-		Collectors    []collectors.Status `json:"collectors"`
-		EventsDropped uint64              `json:"events_dropped"`
-		StatsD        *statsd.Stats       `json:"statsd,omitempty"`
-		Sockets       []handoff.Socket    `json:"sockets"`
-	}{
+// report is what /status and the diag command show.
+type report struct {
+	Node          string              `json:"node"`
+	Version       string              `json:"version"`
+	UptimeSec     int64               `json:"uptime_sec"`
+	Healthy       bool                `json:"healthy"`
+	Problems      []string            `json:"problems,omitempty"`
+	NextSeq       uint64              `json:"next_seq"`
+	Uplink        uplink.Status       `json:"uplink"`
+	Collectors    []collectors.Status `json:"collectors"`
+	EventsDropped uint64              `json:"events_dropped"`
+	StatsD        *statsd.Stats       `json:"statsd,omitempty"`
+	Sockets       []handoff.Socket    `json:"sockets"`
+}
+
+func (s *status) report() report {
+	body := report{
 		Node: s.node, Version: s.version, UptimeSec: int64(time.Since(s.started).Seconds()),
 		NextSeq: s.seq.Peek(), Uplink: s.uplink.Status(), Collectors: s.sched.Status(),
 		EventsDropped: s.sched.EventsDropped(), Sockets: s.sockets.Sockets(),
@@ -108,8 +110,12 @@ func (s *status) status(w http.ResponseWriter, _ *http.Request) {
 		st := s.statsd.Stats()
 		body.StatsD = &st
 	}
+	return body
+}
+
+func (s *status) status(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	enc.Encode(body)
+	enc.Encode(s.report())
 }

@@ -38,6 +38,9 @@ type Options struct {
 	Spool              *spool.Spool
 	Seq                *seqfile.Counter
 	Log                *slog.Logger
+	// OnCommand receives each well-formed request from the command topic, on
+	// the uplink's goroutine: it must not block.
+	OnCommand func(telemetry.Envelope)
 }
 
 // Status is the uplink as /status shows it.
@@ -425,9 +428,15 @@ func (u *Uplink) stop(connected bool) error {
 	return u.opts.Spool.Close()
 }
 
-// command handles a message on the command topic. Commands are carried out
-// from issue 6 on; until then a message that does not decode is counted and
-// reported, and a valid one is logged.
+// Result implements the dispatcher's output: a command's result is queued
+// like any telemetry, so results produced while the broker is away wait in
+// the spool.
+func (u *Uplink) Result(r telemetry.CommandResult) {
+	u.queue("cmd/result", telemetry.KindCommandResult, 0, r)
+}
+
+// command handles a message on the command topic: one that does not decode
+// is counted and reported as an event; a request goes to OnCommand.
 func (u *Uplink) command(payload []byte) {
 	env, err := telemetry.Decode(payload)
 	if err == nil && env.Kind != telemetry.KindCommand {
@@ -440,7 +449,9 @@ func (u *Uplink) command(payload []byte) {
 			New: "malformed", Message: "refused a malformed command: " + err.Error()})
 		return
 	}
-	u.log.Info("command received; commands are not carried out yet", "seq", env.Seq)
+	if u.opts.OnCommand != nil {
+		u.opts.OnCommand(env)
+	}
 }
 
 // Status returns the session's figures.

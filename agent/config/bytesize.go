@@ -61,3 +61,6 @@ func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 	*b = v
 	return nil
 }
+
+// MarshalYAML writes the size as it is read, such as 64MiB.
+func (b ByteSize) MarshalYAML() (any, error) { return b.String(), nil }

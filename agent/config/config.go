@@ -39,6 +39,7 @@ type Config struct {
 	Collect   Collect   `yaml:"collect"`
 	Events    Events    `yaml:"events"`
 	Services  []Service `yaml:"services"`
+	Commands  Commands  `yaml:"commands"`
 
 	// origin maps a dotted key to where its value was set ("file:line" or a
 	// flag), so that a problem found later can point at it.
@@ -148,6 +149,25 @@ type Events struct {
 	FilesystemFullPercent int           `yaml:"filesystem_full_percent"`
 	Burst                 int           `yaml:"burst"`
 	RateLimit             time.Duration `yaml:"rate_limit"`
+}
+
+// Commands configures how the controller's requests are carried out.
+type Commands struct {
+	Concurrency int           `yaml:"concurrency"`
+	Queue       int           `yaml:"queue"`
+	Timeout     time.Duration `yaml:"timeout"`
+	MaxTimeout  time.Duration `yaml:"max_timeout"`
+	OutputLimit ByteSize      `yaml:"output_limit"`
+}
+
+// Redacted returns the configuration as YAML with secrets replaced, for
+// showing to an operator.
+func (c *Config) Redacted() ([]byte, error) {
+	r := *c
+	if r.Uplink.Password != "" {
+		r.Uplink.Password = "<redacted>"
+	}
+	return yaml.Marshal(&r)
 }
 
 // Service names a daemon whose health the process collector reports.

@@ -177,6 +177,18 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	if c.Commands.Concurrency < 1 || c.Commands.Concurrency > 64 {
+		v.bad("commands.concurrency", strconv.Itoa(c.Commands.Concurrency), "a number from 1 to 64")
+	}
+	if c.Commands.Queue < 0 || c.Commands.Queue > 10000 {
+		v.bad("commands.queue", strconv.Itoa(c.Commands.Queue), "a number from 0 to 10000")
+	}
+	v.duration("commands.timeout", c.Commands.Timeout, time.Second, 24*time.Hour)
+	v.duration("commands.max_timeout", c.Commands.MaxTimeout, c.Commands.Timeout, 24*time.Hour)
+	if c.Commands.OutputLimit < 1<<10 || c.Commands.OutputLimit > 16<<20 {
+		v.bad("commands.output_limit", c.Commands.OutputLimit.String(), "a size from 1KiB to 16MiB")
+	}
+
 	if len(v.problems) == 0 {
 		return nil
 	}

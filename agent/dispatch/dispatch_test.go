@@ -279,8 +279,8 @@ func TestHugeOutputIsCapped(t *testing.T) {
 	}
 }
 
-// TestHundredAtOnce sends 100 requests at once: 4 run, 16 wait, the rest are
-// refused (not dropped); every accepted id runs exactly once.
+// TestHundredAtOnce sends 100 requests at once: up to 4 run, 16 wait, the
+// rest are refused (not dropped); every accepted id runs exactly once.
 func TestHundredAtOnce(t *testing.T) {
 	dir := pluginDir(t)
 	runs := t.TempDir()
@@ -312,8 +312,9 @@ func TestHundredAtOnce(t *testing.T) {
 			t.Errorf("%s ran %d times", e.Name(), strings.Count(string(data), "x"))
 		}
 	}
-	if ok+refused != 100 || ok < 20 || len(entries) != ok {
-		t.Errorf("%d ok, %d refused, %d ran; want every request answered, at least 4+16 run", ok, refused, len(entries))
+	// 16 wait in the queue, and up to 4 more were already taken by a worker.
+	if ok+refused != 100 || ok < 16 || ok > 20 || len(entries) != ok {
+		t.Errorf("%d ok, %d refused, %d ran; want every request answered, 16 to 20 run", ok, refused, len(entries))
 	}
 	t.Logf("100 at once: %d ran, %d refused as busy", ok, refused)
 }
