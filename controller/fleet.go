@@ -61,6 +61,7 @@ type Fleet struct {
 	nextID  uint64
 	changed chan struct{} // closed and replaced when an event is added
 	bad     uint64
+	results map[string]chan telemetry.CommandResult // awaited command results, by id
 }
 
 type nodeState struct {
@@ -84,7 +85,8 @@ func NewFleet(opts Options) *Fleet {
 	if opts.TopicPrefix == "" {
 		opts.TopicPrefix = "edge"
 	}
-	return &Fleet{opts: opts, nodes: map[string]*nodeState{}, changed: make(chan struct{})}
+	return &Fleet{opts: opts, nodes: map[string]*nodeState{}, changed: make(chan struct{}),
+		results: map[string]chan telemetry.CommandResult{}}
 }
 
 // Handle takes one message from topic <prefix>/<node>/<kind>. Messages that
@@ -162,8 +164,33 @@ func (f *Fleet) Handle(topic string, payload []byte, now time.Time) error {
 			return err
 		}
 		f.addEvent(n.ID, e)
+	case telemetry.KindCommandResult:
+		var r telemetry.CommandResult
+		if err := env.DecodeBody(&r); err != nil {
+			return err
+		}
+		if ch, ok := f.results[r.ID]; ok {
+			select {
+			case ch <- r:
+			default: // a repeat of a result already delivered
+			}
+		}
 	}
 	return nil
+}
+
+// Expect registers interest in the result of request id; the channel gets
+// it when it arrives. Call the returned function when done waiting.
+func (f *Fleet) Expect(id string) (<-chan telemetry.CommandResult, func()) {
+	ch := make(chan telemetry.CommandResult, 1)
+	f.mu.Lock()
+	f.results[id] = ch
+	f.mu.Unlock()
+	return ch, func() {
+		f.mu.Lock()
+		delete(f.results, id)
+		f.mu.Unlock()
+	}
 }
 
 func (f *Fleet) node(id string) *nodeState {

@@ -28,8 +28,8 @@ func TestSharedIngest(t *testing.T) {
 		f := NewFleet(Options{})
 		fleets = append(fleets, f)
 		wg.Go(func() {
-			Ingest(ctx, IngestOptions{Broker: m.URL, ClientID: fmt.Sprintf("edgectl-%d", i), Share: "edgectl",
-				TopicPrefix: "edge", Fleet: f, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			NewIngest(IngestOptions{Broker: m.URL, ClientID: fmt.Sprintf("edgectl-%d", i), Share: "edgectl",
+				TopicPrefix: "edge", Fleet: f, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}).Run(ctx)
 		})
 	}
 	time.Sleep(500 * time.Millisecond) // both subscribed

@@ -1,6 +1,6 @@
 // Command edgectl is the reference controller: it keeps the fleet view, sends
 // commands and rolls out upgrades, with an embedded MQTT broker so one machine
-// can run the whole system. Commands and upgrades come with later issues.
+// can run the whole system. Upgrades come with a later issue.
 package main
 
 import (
@@ -13,6 +13,7 @@ var commands = []cli.Command{
 	serveCommand,
 	nodesCommand,
 	eventsCommand,
+	execCommand,
 	cli.Version("edgectl"),
 }
 

@@ -65,20 +65,21 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		*clientID = "edgectl-" + host
 	}
 	fleet := controller.NewFleet(controller.Options{HeartbeatInterval: *heartbeat, TopicPrefix: *prefix})
+	ingest := controller.NewIngest(controller.IngestOptions{Broker: *broker, ClientID: *clientID, Share: *share,
+		TopicPrefix: *prefix, Fleet: fleet, Log: log})
 	l, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
 		fmt.Fprintf(stderr, "edgectl serve: %v\n", err)
 		return cli.ExitFailure
 	}
-	api := &http.Server{Handler: controller.API(fleet), ReadHeaderTimeout: 5 * time.Second}
+	api := &http.Server{Handler: controller.API(fleet, ingest), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := api.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("HTTP API stopped", "err", err)
 		}
 	}()
 	log.Info("HTTP API listening", "address", l.Addr().String())
-	err = controller.Ingest(ctx, controller.IngestOptions{Broker: *broker, ClientID: *clientID, Share: *share,
-		TopicPrefix: *prefix, Fleet: fleet, Log: log})
+	err = ingest.Run(ctx)
 	shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	api.Shutdown(shut)

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/seed69aca190/edgeagent/internal/testenv"
+)
+
+// TestExecEndToEnd runs commands through the controller on a real agent:
+// the built-in ping, the example plugin shipped in examples/plugins, a plugin
+// that fails with output on both streams, a refused name, and --all.
+func TestExecEndToEnd(t *testing.T) {
+	api, mqttAddr := freePort(t), freePort(t)
+	start(t, edgectlBin, "serve", "--http", api, "--mqtt", mqttAddr, "--heartbeat", "1s")
+	dir := t.TempDir()
+	plugins := filepath.Join(dir, "plugins")
+	os.Mkdir(plugins, 0o755)
+	example, err := os.ReadFile("../../examples/plugins/system-summary")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(plugins, "system-summary"), example, 0o755)
+	os.WriteFile(filepath.Join(plugins, "fails"), []byte("#!/bin/sh\necho out; echo err >&2; exit 3\n"), 0o755)
+	cfg := filepath.Join(dir, "agent.yaml")
+	os.WriteFile(cfg, []byte("paths:\n  plugin_dir: "+plugins+"\nheartbeat:\n  interval: 1s\ncollect:\n  smart: 0s\n"), 0o644)
+	start(t, agentBin, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--node-id", "exec-node",
+		"--broker", "tcp://"+mqttAddr, "--statsd", "", "--http", "")
+	testenv.WaitFor(t, 15*time.Second, func() bool {
+		n := fleetNodes(t, api)
+		return len(n) == 1 && n[0].Online
+	}, func() string { return "node never online" })
+
+	run := func(args ...string) (string, string, int) {
+		cmd := exec.Command(edgectlBin, append([]string{"exec", "--server", "http://" + api, "--timeout", "20s"}, args...)...)
+		var out, errOut bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatal(err)
+		}
+		return out.String(), errOut.String(), cmd.ProcessState.ExitCode()
+	}
+	if out, errOut, code := run("exec-node", "ping"); code != 0 || out != "pong from exec-node (edgeagent devel)\n" || errOut != "" {
+		t.Errorf("ping: %d %q %q", code, out, errOut)
+	}
+	if out, _, code := run("exec-node", "system-summary"); code != 0 || !strings.Contains(out, "host:") || !strings.Contains(out, "filesystems:") {
+		t.Errorf("system-summary: %d %q", code, out)
+	}
+	if out, errOut, code := run("exec-node", "fails"); code != 3 || out != "out\n" || errOut != "err\n" {
+		t.Errorf("fails: %d %q %q", code, out, errOut)
+	}
+	if _, errOut, code := run("exec-node", "../../bin/sh", "-c", "id"); code != exitRefused || !strings.Contains(errOut, "is not a plugin name") {
+		t.Errorf("path: %d %q", code, errOut)
+	}
+	if out, _, code := run("--all", "ping"); code != 0 || !strings.Contains(out, "exec-node") || !strings.Contains(out, "1 nodes, 0 not ok") {
+		t.Errorf("--all: %d %q", code, out)
+	}
+}
