@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,9 +29,10 @@ func TestExecEndToEnd(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(plugins, "system-summary"), example, 0o755)
 	os.WriteFile(filepath.Join(plugins, "fails"), []byte("#!/bin/sh\necho out; echo err >&2; exit 3\n"), 0o755)
+	os.WriteFile(filepath.Join(plugins, "flood"), []byte("#!/bin/sh\nhead -c 1073741824 /dev/zero\n"), 0o755)
 	cfg := filepath.Join(dir, "agent.yaml")
 	os.WriteFile(cfg, []byte("paths:\n  plugin_dir: "+plugins+"\nheartbeat:\n  interval: 1s\ncollect:\n  smart: 0s\n"), 0o644)
-	start(t, agentBin, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--node-id", "exec-node",
+	agent, _ := start(t, agentBin, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--node-id", "exec-node",
 		"--broker", "tcp://"+mqttAddr, "--statsd", "", "--http", "")
 	testenv.WaitFor(t, 15*time.Second, func() bool {
 		n := fleetNodes(t, api)
@@ -59,6 +61,21 @@ func TestExecEndToEnd(t *testing.T) {
 	}
 	if _, errOut, code := run("exec-node", "../../bin/sh", "-c", "id"); code != exitRefused || !strings.Contains(errOut, "is not a plugin name") {
 		t.Errorf("path: %d %q", code, errOut)
+	}
+	// 1 GiB of output: cut at 64 KiB, flagged, and the agent's memory stays put.
+	if out, errOut, code := run("exec-node", "flood"); code != 0 || len(out) != 64<<10 ||
+		!strings.Contains(errOut, "stdout truncated: 65536 of 1073741824 bytes shown") {
+		t.Errorf("flood: %d, %d bytes, %q", code, len(out), errOut)
+	}
+	status, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(agent.Process.Pid), "status"))
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			t.Logf("agent peak RSS after a plugin printed 1 GiB: %d KiB", kb)
+			if kb > 64<<10 {
+				t.Errorf("agent peak RSS %d KiB", kb)
+			}
+		}
 	}
 	if out, _, code := run("--all", "ping"); code != 0 || !strings.Contains(out, "exec-node") || !strings.Contains(out, "1 nodes, 0 not ok") {
 		t.Errorf("--all: %d %q", code, out)
