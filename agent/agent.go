@@ -16,6 +16,7 @@ import (
 
 	"github.com/seed69aca190/edgeagent/agent/config"
 	"github.com/seed69aca190/edgeagent/agent/dispatch"
+	"github.com/seed69aca190/edgeagent/agent/router"
 	"github.com/seed69aca190/edgeagent/collectors"
 	"github.com/seed69aca190/edgeagent/collectors/statsd"
 	"github.com/seed69aca190/edgeagent/hal/host"
@@ -152,11 +153,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	st := &status{sched: sched, uplink: up, statsd: a.statsd, sockets: sockets, seq: seq, node: node,
 		version: bi.Version, spoolMax: int64(a.cfg.Spool.MaxBytes), started: time.Now()}
+	rt := router.New(sched.Event, a.log.With("component", "router"))
+	controlSocket := a.cfg.Control.Socket
+	if controlSocket == "" {
+		controlSocket = filepath.Join(stateDir, "control.sock")
+	}
+	control, err := sockets.Listener("control", "unix:"+controlSocket)
+	if err != nil {
+		sp.Close()
+		return err
+	}
+	wg.Go(func() {
+		if err := rt.Serve(ctx, control); err != nil {
+			a.log.Error("control socket stopped", "err", err)
+		}
+	})
 	disp, err = dispatch.New(dispatch.Options{
 		Node: node, PluginDir: a.cfg.Paths.PluginDir, CacheDir: filepath.Join(stateDir, "commands"),
 		Concurrency: a.cfg.Commands.Concurrency, Queue: a.cfg.Commands.Queue, OutputLimit: int(a.cfg.Commands.OutputLimit),
 		DefaultTimeout: a.cfg.Commands.Timeout, MaxTimeout: a.cfg.Commands.MaxTimeout,
-		Builtins: a.builtins(node, bi.Version, sched, sp, st), Result: up.Result, Log: a.log.With("component", "commands"),
+		Builtins: a.builtins(node, bi.Version, sched, sp, st, rt), Result: up.Result, Log: a.log.With("component", "commands"),
 	})
 	if err != nil {
 		sp.Close()

@@ -9,13 +9,14 @@ import (
 	"strings"
 
 	"github.com/seed69aca190/edgeagent/agent/dispatch"
+	"github.com/seed69aca190/edgeagent/agent/router"
 	"github.com/seed69aca190/edgeagent/collectors"
 	"github.com/seed69aca190/edgeagent/hal"
 	"github.com/seed69aca190/edgeagent/uplink/spool"
 )
 
 // builtins are the commands the agent carries out itself.
-func (a *Agent) builtins(node, version string, sched *collectors.Scheduler, sp *spool.Spool, st *status) map[string]dispatch.Builtin {
+func (a *Agent) builtins(node, version string, sched *collectors.Scheduler, sp *spool.Spool, st *status, rt *router.Router) map[string]dispatch.Builtin {
 	asJSON := func(v any) ([]byte, error) {
 		data, err := json.MarshalIndent(v, "", "  ")
 		return append(data, '\n'), err
@@ -67,9 +68,17 @@ func (a *Agent) builtins(node, version string, sched *collectors.Scheduler, sp *
 			return fmt.Appendf(nil, "%s\n", strings.ToLower(a.level.Level().String())), nil
 		},
 		"config.get": noArgs("config.get", func(context.Context, []string) ([]byte, error) { return a.cfg.Redacted() }),
-		"services": noArgs("services", func(context.Context, []string) ([]byte, error) {
-			return nil, errors.New("the local service router is not built yet")
-		}),
+		"services":   noArgs("services", func(context.Context, []string) ([]byte, error) { return asJSON(rt.Services()) }),
+		"service.call": func(ctx context.Context, args []string) ([]byte, error) {
+			if len(args) < 1 || len(args) > 2 {
+				return nil, errors.New("service.call takes a service name and an optional payload")
+			}
+			payload := ""
+			if len(args) == 2 {
+				payload = args[1]
+			}
+			return rt.Call(ctx, args[0], []byte(payload))
+		},
 		"spool.stats": noArgs("spool.stats", func(context.Context, []string) ([]byte, error) { return asJSON(sp.Stats()) }),
 	}
 }

@@ -40,6 +40,7 @@ type Config struct {
 	Events    Events    `yaml:"events"`
 	Services  []Service `yaml:"services"`
 	Commands  Commands  `yaml:"commands"`
+	Control   Control   `yaml:"control"`
 
 	// origin maps a dotted key to where its value was set ("file:line" or a
 	// flag), so that a problem found later can point at it.
@@ -168,6 +169,11 @@ func (c *Config) Redacted() ([]byte, error) {
 		r.Uplink.Password = "<redacted>"
 	}
 	return yaml.Marshal(&r)
+}
+
+// Control configures the agent's local control socket.
+type Control struct {
+	Socket string `yaml:"socket"`
 }
 
 // Service names a daemon whose health the process collector reports.

@@ -177,6 +177,7 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	v.absPath("control.socket", c.Control.Socket, true)
 	if c.Commands.Concurrency < 1 || c.Commands.Concurrency > 64 {
 		v.bad("commands.concurrency", strconv.Itoa(c.Commands.Concurrency), "a number from 1 to 64")
 	}

@@ -153,3 +153,48 @@ func post(server string, req controller.ExecRequest) (telemetry.CommandResult, e
 	}
 	return res, json.NewDecoder(resp.Body).Decode(&res)
 }
+
+var servicesCommand = cli.Command{
+	Name:    "services",
+	Summary: "list the services registered with a node's service router",
+	Run:     services,
+}
+
+func services(args []string, stdout, stderr io.Writer) int {
+	flags := cli.FlagSet("services", "edgectl services [--server URL] NODE",
+		"List the daemons registered with NODE's local service router (the services built-in).", stdout)
+	server := flags.String("server", defaultServer, "the controller's HTTP API")
+	if ok, code := cli.Parse(flags, args, stderr); !ok {
+		return code
+	}
+	if flags.NArg() != 1 {
+		fmt.Fprintln(stderr, "services: want NODE (see --help)")
+		return cli.ExitUsage
+	}
+	res, err := post(*server, controller.ExecRequest{Node: flags.Arg(0), Name: "services", TimeoutSec: 30})
+	if err != nil {
+		fmt.Fprintf(stderr, "edgectl services: %v\n", err)
+		return cli.ExitFailure
+	}
+	if res.Status != telemetry.StatusOK {
+		return exitCode(res, stderr)
+	}
+	var list []struct {
+		Name          string
+		Since         time.Time
+		Interval      time.Duration
+		LastHeartbeat time.Time `json:"last_heartbeat"`
+		Calls         uint64
+	}
+	if err := json.Unmarshal(res.Stdout.Data, &list); err != nil {
+		fmt.Fprintf(stderr, "edgectl services: the node's answer is not a service list: %v\n", err)
+		return cli.ExitFailure
+	}
+	now := time.Now()
+	fmt.Fprintf(stdout, "%-24s %10s %9s %9s %7s\n", "SERVICE", "UP", "HEARTBEAT", "LAST", "CALLS")
+	for _, s := range list {
+		fmt.Fprintf(stdout, "%-24s %10s %9s %9s %7d\n", clip(s.Name, 24), ago(now.Sub(s.Since)), s.Interval,
+			ago(now.Sub(s.LastHeartbeat)), s.Calls)
+	}
+	return cli.ExitOK
+}
