@@ -166,3 +166,30 @@ func runPlugin(ctx context.Context, path string, args []string, limit int) telem
 	}
 	return res
 }
+
+// Plugin is one entry of the plugin directory, as 'edgeagent plugins' lists it.
+type Plugin struct {
+	Name    string `json:"name"`
+	Problem string `json:"problem,omitempty"` // why it would be refused; empty when it may run
+}
+
+// Plugins lists the plugin directory with the verdict of the checks made
+// before every run. A directory that may not be used is an error.
+func Plugins(dir string) ([]Plugin, error) {
+	if err := safeOwner(dir, true); err != nil {
+		return nil, fmt.Errorf("plugin directory %s: %w", dir, err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []Plugin
+	for _, e := range entries {
+		p := Plugin{Name: e.Name()}
+		if _, err := checkPlugin(dir, e.Name()); err != nil {
+			p.Problem = err.Error()
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}

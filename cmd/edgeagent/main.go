@@ -13,6 +13,7 @@ var commands = []cli.Command{
 	runCommand,
 	configCommand,
 	inventoryCommand,
+	pluginsCommand,
 	cli.Version("edgeagent"),
 }
 

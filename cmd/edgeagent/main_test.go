@@ -224,3 +224,22 @@ func waitStarted(t *testing.T, stderr *testenv.Buffer) {
 	testenv.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(stderr.String(), "edgeagent started") },
 		func() string { return "log so far:\n" + stderr.String() })
 }
+
+func TestPluginsListsVerdicts(t *testing.T) {
+	dir := t.TempDir()
+	plugins := filepath.Join(dir, "plugins")
+	os.Mkdir(plugins, 0o755)
+	os.WriteFile(filepath.Join(plugins, "good"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(plugins, "open"), []byte("#!/bin/sh\n"), 0o755)
+	os.Chmod(filepath.Join(plugins, "open"), 0o757) // past the umask
+	os.WriteFile(filepath.Join(plugins, "notes.txt"), []byte("x"), 0o644)
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte("paths:\n  plugin_dir: "+plugins+"\n"), 0o644)
+	out, errOut, code := edgeagent(t, dir, "plugins", "--config", cfg)
+	want := "good                     ok\n" +
+		"notes.txt                refused: plugin notes.txt is not executable\n" +
+		"open                     refused: plugin open: is writable by group or others (mode 0757); chmod go-w\n"
+	if code != 0 || out != want {
+		t.Errorf("exit %d\n%s\nwant\n%s\nstderr %s", code, out, want, errOut)
+	}
+}
