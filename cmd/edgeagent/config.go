@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 
@@ -73,4 +74,19 @@ func printConfigError(w io.Writer, err error) {
 	for _, p := range problems {
 		fmt.Fprintln(w, p)
 	}
+}
+
+// commandConfig loads the configuration for a command with a --config flag
+// (the defaults when the default file does not exist and the flag was not
+// given); a problem is printed, and ok is false.
+func commandConfig(flags *flag.FlagSet, path string, stderr io.Writer) (cfg *config.Config, ok bool) {
+	explicit := false
+	flags.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	cfg, err := loadConfig(path, explicit)
+	if err != nil {
+		fmt.Fprintf(stderr, "edgeagent %s: invalid configuration:\n", flags.Name())
+		printConfigError(stderr, err)
+		return nil, false
+	}
+	return cfg, true
 }

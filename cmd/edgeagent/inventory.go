@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 
@@ -32,12 +31,8 @@ func runInventory(args []string, stdout, stderr io.Writer) int {
 	if ok, code := cli.ParseNoArgs(flags, args, stderr); !ok {
 		return code
 	}
-	explicit := false
-	flags.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
-	cfg, err := loadConfig(*configPath, explicit)
-	if err != nil {
-		fmt.Fprintln(stderr, "edgeagent inventory: invalid configuration:")
-		printConfigError(stderr, err)
+	cfg, ok := commandConfig(flags, *configPath, stderr)
+	if !ok {
 		return cli.ExitUsage
 	}
 	opts, err := agent.HALOptions(cfg, !*noSmart)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 
@@ -24,12 +23,8 @@ func listPlugins(args []string, stdout, stderr io.Writer) int {
 	if ok, code := cli.ParseNoArgs(flags, args, stderr); !ok {
 		return code
 	}
-	explicit := false
-	flags.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
-	cfg, err := loadConfig(*configPath, explicit)
-	if err != nil {
-		fmt.Fprintln(stderr, "edgeagent plugins: invalid configuration:")
-		printConfigError(stderr, err)
+	cfg, ok := commandConfig(flags, *configPath, stderr)
+	if !ok {
 		return cli.ExitUsage
 	}
 	list, err := dispatch.Plugins(cfg.Paths.PluginDir)
