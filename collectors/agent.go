@@ -3,7 +3,6 @@ package collectors
 import (
 	"context"
 	"os"
-	"runtime"
 	"runtime/metrics"
 
 	"github.com/seed69aca190/edgeagent/collectors/statsd"
@@ -49,7 +48,7 @@ func (a *Agent) Collect(ctx context.Context, r *Report) error {
 	r.Add("agent.heap_bytes", float64(a.samples[0].Value.Uint64()))
 	r.Add("agent.go_memory_bytes", float64(a.samples[1].Value.Uint64()))
 	r.Add("agent.gc_cycles", float64(a.samples[2].Value.Uint64()))
-	r.Add("agent.goroutines", float64(runtime.NumGoroutine()))
+	r.Add("agent.goroutines", float64(a.samples[3].Value.Uint64()))
 	self, err := a.fs.Process(os.Getpid())
 	if err == nil {
 		r.Add("agent.rss_bytes", float64(self.RSSBytes))
