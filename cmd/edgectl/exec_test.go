@@ -30,10 +30,7 @@ func TestExecEndToEnd(t *testing.T) {
 	os.WriteFile(filepath.Join(plugins, "system-summary"), example, 0o755)
 	os.WriteFile(filepath.Join(plugins, "fails"), []byte("#!/bin/sh\necho out; echo err >&2; exit 3\n"), 0o755)
 	os.WriteFile(filepath.Join(plugins, "flood"), []byte("#!/bin/sh\nhead -c 1073741824 /dev/zero\n"), 0o755)
-	cfg := filepath.Join(dir, "agent.yaml")
-	os.WriteFile(cfg, []byte("paths:\n  plugin_dir: "+plugins+"\nheartbeat:\n  interval: 1s\ncollect:\n  smart: 0s\n"), 0o644)
-	agent, _ := start(t, agentBin, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--node-id", "exec-node",
-		"--broker", "tcp://"+mqttAddr, "--statsd", "", "--http", "")
+	agent, _ := start(t, agentBin, agentArgs(t, dir, "tcp://"+mqttAddr, "exec-node", fastAgent+"paths:\n  plugin_dir: "+plugins+"\n")...)
 	testenv.WaitFor(t, 15*time.Second, func() bool {
 		n := fleetNodes(t, api)
 		return len(n) == 1 && n[0].Online

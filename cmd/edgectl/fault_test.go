@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -82,9 +80,7 @@ func TestKilledRepeatedlyDuringOutage(t *testing.T) {
 	rcv := receive(t, m.URL)
 	m.Stop() // the outage starts before the agent does
 
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "agent.yaml")
-	os.WriteFile(cfg, []byte(`heartbeat:
+	args := agentArgs(t, t.TempDir(), m.URL, "victim", `heartbeat:
   interval: 1s
 uplink:
   connect_timeout: 200ms
@@ -95,9 +91,7 @@ spool:
 collect:
   host: 1s
   smart: 0s
-`), 0o644)
-	args := []string{"run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--node-id", "victim",
-		"--broker", m.URL, "--statsd", "", "--http", "", "--log-level", "debug"}
+`, "--log-level", "debug")
 	var durable []uint64 // heartbeats queued well before a kill
 	for i := 0; i < 20; i++ {
 		agent, log := start(t, agentBin, args...)

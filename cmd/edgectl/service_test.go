@@ -25,10 +25,7 @@ func TestServiceRouterEndToEnd(t *testing.T) {
 	start(t, edgectlBin, "serve", "--http", api, "--mqtt", mqttAddr, "--heartbeat", "1s")
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "state", "control.sock")
-	cfg := filepath.Join(dir, "agent.yaml")
-	os.WriteFile(cfg, []byte("heartbeat:\n  interval: 1s\ncollect:\n  smart: 0s\n"), 0o644)
-	start(t, agentBin, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--node-id", "svc-node",
-		"--broker", "tcp://"+mqttAddr, "--statsd", "", "--http", "")
+	start(t, agentBin, agentArgs(t, dir, "tcp://"+mqttAddr, "svc-node", fastAgent)...)
 	testenv.WaitFor(t, 15*time.Second, func() bool {
 		n := fleetNodes(t, api)
 		_, err := os.Stat(socket)

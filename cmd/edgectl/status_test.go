@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,11 +29,7 @@ func httpGet(url string) (int, string) {
 func TestAgentStatusEndpoint(t *testing.T) {
 	api, mqttAddr, httpAddr := freePort(t), freePort(t), freePort(t)
 	ctl, _ := start(t, edgectlBin, "serve", "--http", api, "--mqtt", mqttAddr)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "agent.yaml")
-	os.WriteFile(cfg, []byte("heartbeat:\n  interval: 1s\nuplink:\n  keepalive: 2s\n  flush_interval: 1s\ncollect:\n  host: 1s\n  smart: 0s\n"), 0o644)
-	_, agentLog := start(t, agentBin, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--node-id", "st",
-		"--broker", "tcp://"+mqttAddr, "--statsd", "", "--http", httpAddr)
+	_, agentLog := start(t, agentBin, agentArgs(t, t.TempDir(), "tcp://"+mqttAddr, "st", fastAgent, "--http", httpAddr)...)
 
 	base := "http://" + httpAddr
 	var body string

@@ -72,23 +72,22 @@ func fleetNodes(t *testing.T, api string) []controller.Node {
 	return nodes
 }
 
-// startAgent runs an agent with short intervals against broker.
-func startAgent(t *testing.T, broker, node string) (*exec.Cmd, *testenv.Buffer) {
+// fastAgent is the configuration test agents share: heartbeats and the host
+// and disk collectors every second, no SMART.
+const fastAgent = "heartbeat:\n  interval: 1s\nuplink:\n  keepalive: 2s\n  flush_interval: 1s\n" +
+	"collect:\n  host: 1s\n  disk: 1s\n  smart: 0s\n"
+
+// agentArgs writes yaml as an agent's configuration in dir and returns the
+// arguments of 'edgeagent run' for node on broker, with its state in
+// dir/state and StatsD and HTTP off; extra arguments follow (a later flag wins).
+func agentArgs(t *testing.T, dir, broker, node, yaml string, extra ...string) []string {
 	t.Helper()
-	dir := t.TempDir()
 	cfg := filepath.Join(dir, "agent.yaml")
-	os.WriteFile(cfg, []byte(`heartbeat:
-  interval: 1s
-uplink:
-  keepalive: 2s
-  flush_interval: 1s
-collect:
-  host: 1s
-  disk: 1s
-  smart: 0s
-`), 0o644)
-	return start(t, agentBin, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--node-id", node,
-		"--broker", broker, "--statsd", "", "--http", "")
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return append([]string{"run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--node-id", node,
+		"--broker", broker, "--statsd", "", "--http", ""}, extra...)
 }
 
 // TestSystem runs the controller with its embedded broker, and against a real
@@ -110,7 +109,7 @@ func TestSystem(t *testing.T) {
 				args = append(args, "--broker", url)
 			}
 			_, ctlLog := start(t, edgectlBin, args...)
-			agent, agentLog := startAgent(t, url, "node-"+broker)
+			agent, agentLog := start(t, agentBin, agentArgs(t, t.TempDir(), url, "node-"+broker, fastAgent)...)
 
 			var node controller.Node
 			testenv.WaitFor(t, 20*time.Second, func() bool {
