@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,63 +16,6 @@ import (
 	"github.com/seed69aca190/edgeagent/telemetry"
 	"github.com/seed69aca190/edgeagent/uplink/spool"
 )
-
-// controllerSide subscribes to everything under edge/ with a persistent
-// session, so the broker keeps its messages across a restart, and counts
-// what arrives by (kind, seq).
-type controllerSide struct {
-	mu        sync.Mutex
-	seen      map[uint64]int // seq → times received
-	kinds     map[telemetry.Kind]int
-	state     []string
-	bad       int
-	hbDropped map[uint64]uint64 // heartbeat seq → dropped count it carried
-}
-
-func subscribe(t *testing.T, broker string) *controllerSide {
-	t.Helper()
-	c := &controllerSide{seen: map[uint64]int{}, kinds: map[telemetry.Kind]int{}, hbDropped: map[uint64]uint64{}}
-	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID("test-controller").SetCleanSession(false).
-		SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).SetConnectRetry(true).
-		SetConnectRetryInterval(100 * time.Millisecond)
-	opts.SetOnConnectHandler(func(cl mqtt.Client) {
-		cl.Subscribe("edge/#", 1, func(_ mqtt.Client, m mqtt.Message) {
-			env, err := telemetry.Decode(m.Payload())
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			if err != nil {
-				c.bad++
-				return
-			}
-			if env.Kind == telemetry.KindState {
-				var st telemetry.State
-				env.DecodeBody(&st)
-				c.state = append(c.state, st.State)
-				return
-			}
-			c.seen[env.Seq]++
-			c.kinds[env.Kind]++
-			if env.Kind == telemetry.KindHeartbeat {
-				var hb telemetry.Heartbeat
-				if env.DecodeBody(&hb) == nil {
-					c.hbDropped[env.Seq] = hb.Dropped
-				}
-			}
-		})
-	})
-	cl := mqtt.NewClient(opts)
-	if tok := cl.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("controller connect: %v", tok.Error())
-	}
-	t.Cleanup(func() { cl.Disconnect(100) })
-	return c
-}
-
-func (c *controllerSide) count() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.seen)
-}
 
 // newUplink makes node-a's uplink with short intervals; tweak adjusts the
 // options further.
@@ -106,7 +48,7 @@ func newUplink(t *testing.T, broker string, dir string, tweak ...func(*Options))
 // arrives at the controller side, and the spool ends empty.
 func TestNothingLostAcrossBrokerRestart(t *testing.T) {
 	m := testenv.StartMosquitto(t, "")
-	ctl := subscribe(t, m.URL)
+	ctl := testenv.Subscribe(t, m.URL)
 	u, sp := newUplink(t, m.URL, t.TempDir())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -133,29 +75,28 @@ func TestNothingLostAcrossBrokerRestart(t *testing.T) {
 			}
 		}
 	}()
-	testenv.WaitFor(t, 4*time.Minute, func() bool { return ctl.count() >= total }, func() string {
-		return "controller saw " + itoa(ctl.count()) + " of " + itoa(total) + "; uplink " + u.Status().State
+	testenv.WaitFor(t, 4*time.Minute, func() bool { return len(ctl.Received().Seqs) >= total }, func() string {
+		return "controller saw " + itoa(len(ctl.Received().Seqs)) + " of " + itoa(total) + "; uplink " + u.Status().State
 	})
 	st := u.Status()
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	ctl.mu.Lock()
-	defer ctl.mu.Unlock()
-	if ctl.bad != 0 || ctl.kinds[telemetry.KindEvent] < total {
-		t.Errorf("bad %d, kinds %v", ctl.bad, ctl.kinds)
+	got := ctl.Received()
+	if got.Bad != 0 || got.Kinds[telemetry.KindEvent] < total {
+		t.Errorf("bad %d, kinds %v", got.Bad, got.Kinds)
 	}
 	if st.Spool.Dropped != 0 {
 		t.Errorf("spool dropped %d", st.Spool.Dropped)
 	}
 	dups := 0
-	for _, n := range ctl.seen {
+	for _, n := range got.Seqs {
 		dups += n - 1
 	}
 	t.Logf("%d events, %d delivered twice (de-duplicated by seq), spool after: %+v", total, dups, sp.Stats())
-	if len(ctl.state) == 0 || ctl.state[0] != "online" {
-		t.Errorf("state messages %v, want online first", ctl.state)
+	if len(got.States) == 0 || got.States[0] != "online" {
+		t.Errorf("state messages %v, want online first", got.States)
 	}
 }
 
@@ -179,7 +120,7 @@ func run(t *testing.T, u *Uplink) {
 // reported as an event, and the session carries on.
 func TestMalformedCommandIsCountedAndReported(t *testing.T) {
 	m := testenv.StartMosquitto(t, "")
-	ctl := subscribe(t, m.URL)
+	ctl := testenv.Subscribe(t, m.URL)
 	u, _ := newUplink(t, m.URL, t.TempDir())
 	run(t, u)
 	testenv.WaitFor(t, 5*time.Second, func() bool { return u.Status().State == "connected" }, func() string { return u.Status().State })
@@ -197,18 +138,12 @@ func TestMalformedCommandIsCountedAndReported(t *testing.T) {
 	}
 	testenv.WaitFor(t, 5*time.Second, func() bool { return u.Status().Malformed == 2 },
 		func() string { return "malformed " + itoa(int(u.Status().Malformed)) })
-	testenv.WaitFor(t, 5*time.Second, func() bool {
-		ctl.mu.Lock()
-		defer ctl.mu.Unlock()
-		return ctl.kinds[telemetry.KindEvent] == 2
-	}, func() string { return "no error events reached the controller" })
+	testenv.WaitFor(t, 5*time.Second, func() bool { return ctl.Received().Kinds[telemetry.KindEvent] == 2 },
+		func() string { return "no error events reached the controller" })
 	// Still alive: a new event goes through.
 	u.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Info, Kind: "test", Subject: "after", New: "n", Message: "m"})
-	testenv.WaitFor(t, 5*time.Second, func() bool {
-		ctl.mu.Lock()
-		defer ctl.mu.Unlock()
-		return ctl.kinds[telemetry.KindEvent] == 3
-	}, func() string { return "session stopped after malformed input" })
+	testenv.WaitFor(t, 5*time.Second, func() bool { return ctl.Received().Kinds[telemetry.KindEvent] == 3 },
+		func() string { return "session stopped after malformed input" })
 	if st := u.Status(); st.State != "connected" {
 		t.Errorf("state %s", st.State)
 	}
@@ -219,7 +154,7 @@ func TestMalformedCommandIsCountedAndReported(t *testing.T) {
 // carries the dropped count, and the newest records arrive.
 func TestFullSpoolDropCountReachesController(t *testing.T) {
 	m := testenv.StartMosquitto(t, "")
-	ctl := subscribe(t, m.URL)
+	ctl := testenv.Subscribe(t, m.URL)
 	m.Stop()
 	dir := t.TempDir()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -247,21 +182,17 @@ func TestFullSpoolDropCountReachesController(t *testing.T) {
 	u.Heartbeat(telemetry.Heartbeat{Node: "node-a", Seq: hbSeq, Time: time.Now(), Health: telemetry.Healthy,
 		SpoolDepth: uint64(st.Depth()), Dropped: st.Dropped})
 	m.Start()
-	testenv.WaitFor(t, 30*time.Second, func() bool {
-		ctl.mu.Lock()
-		defer ctl.mu.Unlock()
-		return ctl.seen[hbSeq] > 0
-	}, func() string { return "heartbeat never arrived" })
+	testenv.WaitFor(t, 30*time.Second, func() bool { return ctl.Received().Has(hbSeq) },
+		func() string { return "heartbeat never arrived" })
 	testenv.WaitFor(t, 30*time.Second, func() bool { return sp.Stats().Depth() == 0 }, func() string { return "backlog not drained" })
-	ctl.mu.Lock()
-	defer ctl.mu.Unlock()
-	if got := ctl.hbDropped[hbSeq]; got != st.Dropped {
-		t.Errorf("heartbeat carried dropped %d, want %d", got, st.Dropped)
+	got := ctl.Received()
+	if d := got.Heartbeats[hbSeq].Dropped; d != st.Dropped {
+		t.Errorf("heartbeat carried dropped %d, want %d", d, st.Dropped)
 	}
-	if n := uint64(ctl.kinds[telemetry.KindEvent]); n+st.Dropped != 3000 {
+	if n := uint64(got.Kinds[telemetry.KindEvent]); n+st.Dropped != 3000 {
 		t.Errorf("%d events arrived and %d were dropped; want 3000 together", n, st.Dropped)
 	}
-	t.Logf("3000 events of 1 KB into a 1 MiB spool: %d dropped (oldest first), %d delivered", st.Dropped, ctl.kinds[telemetry.KindEvent])
+	t.Logf("3000 events of 1 KB into a 1 MiB spool: %d dropped (oldest first), %d delivered", st.Dropped, got.Kinds[telemetry.KindEvent])
 }
 
 func TestClientIDMustBeATopicLevel(t *testing.T) {

@@ -2,71 +2,16 @@ package main
 
 import (
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"regexp"
 	"slices"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/seed69aca190/edgeagent/internal/testenv"
-	"github.com/seed69aca190/edgeagent/telemetry"
 )
-
-// receiver is the controller side of a fault test: a persistent MQTT session
-// that records every (node, seq) it receives.
-type receiver struct {
-	mu   sync.Mutex
-	seqs map[uint64]int
-	hb   map[uint64]telemetry.Heartbeat
-	bad  int
-}
-
-func receive(t *testing.T, broker string) *receiver {
-	t.Helper()
-	r := &receiver{seqs: map[uint64]int{}, hb: map[uint64]telemetry.Heartbeat{}}
-	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID(fmt.Sprintf("receiver-%d", rand.Int())).
-		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(100 * time.Millisecond).
-		SetMaxReconnectInterval(200 * time.Millisecond)
-	opts.SetOnConnectHandler(func(c mqtt.Client) {
-		c.Subscribe("edge/+/+", 1, func(_ mqtt.Client, m mqtt.Message) {
-			env, err := telemetry.Decode(m.Payload())
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			if err != nil {
-				r.bad++
-				return
-			}
-			if env.Kind == telemetry.KindState {
-				return
-			}
-			r.seqs[env.Seq]++
-			if env.Kind == telemetry.KindHeartbeat {
-				var hb telemetry.Heartbeat
-				if env.DecodeBody(&hb) == nil {
-					r.hb[env.Seq] = hb
-				}
-			}
-		})
-	})
-	c := mqtt.NewClient(opts)
-	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("receiver: %v", tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(100) })
-	return r
-}
-
-func (r *receiver) has(seq uint64) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.seqs[seq] > 0
-}
 
 var loggedHeartbeat = regexp.MustCompile(`time=(\S+) level=DEBUG msg=heartbeat component=telemetry seq=(\d+)`)
 
@@ -77,7 +22,7 @@ var loggedHeartbeat = regexp.MustCompile(`time=(\S+) level=DEBUG msg=heartbeat c
 // back, and the spool must open every time.
 func TestKilledRepeatedlyDuringOutage(t *testing.T) {
 	m := testenv.StartMosquitto(t, "")
-	rcv := receive(t, m.URL)
+	rcv := testenv.Subscribe(t, m.URL)
 	m.Stop() // the outage starts before the agent does
 
 	args := agentArgs(t, t.TempDir(), m.URL, "victim", `heartbeat:
@@ -115,24 +60,12 @@ collect:
 	}
 	m.Start()
 	agent, _ := start(t, agentBin, args...)
-	testenv.WaitFor(t, 60*time.Second, func() bool {
-		for _, seq := range durable {
-			if !rcv.has(seq) {
-				return false
-			}
-		}
-		return true
-	}, func() string {
-		missing := []uint64{}
-		for _, seq := range durable {
-			if !rcv.has(seq) {
-				missing = append(missing, seq)
-			}
-		}
-		rcv.mu.Lock()
-		got := slices.Sorted(maps.Keys(rcv.seqs))
-		rcv.mu.Unlock()
-		return fmt.Sprintf("heartbeats never delivered: %v\nreceived: %v", missing, got)
+	missing := func() []uint64 {
+		got := rcv.Received()
+		return slices.DeleteFunc(slices.Clone(durable), got.Has)
+	}
+	testenv.WaitFor(t, 60*time.Second, func() bool { return len(missing()) == 0 }, func() string {
+		return fmt.Sprintf("heartbeats never delivered: %v\nreceived: %v", missing(), rcv.Received().Sorted())
 	})
 	agent.Process.Signal(syscall.SIGTERM)
 	agent.Wait()
