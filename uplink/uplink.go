@@ -261,6 +261,9 @@ func (u *Uplink) flush() {
 	}
 	for len(pieces) > 0 {
 		n := 1
+		if u.size(pieces) <= u.opts.MaxMessage { // the usual flush: one message
+			n = len(pieces)
+		}
 		for n < len(pieces) && u.size(pieces[:n+1]) <= u.opts.MaxMessage {
 			n++
 		}
