@@ -178,6 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		sp.Close()
 		return err
 	}
+	st.disp = disp
 	wg.Go(func() { disp.Run(ctx) })
 	if listen := a.cfg.HTTP.Listen; listen != "" {
 		l, err := sockets.Listener("http", listen)

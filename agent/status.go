@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/seed69aca190/edgeagent/agent/dispatch"
 	"github.com/seed69aca190/edgeagent/collectors"
 	"github.com/seed69aca190/edgeagent/collectors/statsd"
 	"github.com/seed69aca190/edgeagent/internal/seqfile"
@@ -31,6 +32,7 @@ type status struct {
 	version  string
 	spoolMax int64
 	started  time.Time
+	disp     *dispatch.Dispatcher // set once made
 }
 
 // spoolLimit is the share of spool.max_bytes beyond which spooling no longer
@@ -94,8 +96,11 @@ type report struct {
 	Uplink        uplink.Status       `json:"uplink"`
 	Collectors    []collectors.Status `json:"collectors"`
 	EventsDropped uint64              `json:"events_dropped"`
-	StatsD        *statsd.Stats       `json:"statsd,omitempty"`
-	Sockets       []handoff.Socket    `json:"sockets"`
+	// CommandsRefused counts the controller's requests refused (malformed,
+	// expired, another node's, unknown or unsafe, queue full).
+	CommandsRefused uint64           `json:"commands_refused"`
+	StatsD          *statsd.Stats    `json:"statsd,omitempty"`
+	Sockets         []handoff.Socket `json:"sockets"`
 }
 
 func (s *status) report() report {
@@ -109,6 +114,9 @@ func (s *status) report() report {
 	if s.statsd != nil {
 		st := s.statsd.Stats()
 		body.StatsD = &st
+	}
+	if s.disp != nil {
+		body.CommandsRefused = s.disp.Refused()
 	}
 	return body
 }

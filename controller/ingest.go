@@ -139,8 +139,12 @@ type ExecRequest struct {
 //	GET  /api/nodes                       every node
 //	GET  /api/events?after=ID&wait=30s    events newer than ID, waiting up to wait for one
 //	POST /api/exec                        an ExecRequest; answers with the node's CommandResult
+//	GET  /api/stats                       the controller's own counters
 func API(f *Fleet, g *Ingest) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/stats", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, map[string]uint64{"refused": f.Refused()})
+	})
 	mux.HandleFunc("POST /api/exec", func(w http.ResponseWriter, r *http.Request) {
 		var req ExecRequest
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil || req.Node == "" || req.Name == "" {
