@@ -103,7 +103,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Username: a.cfg.Uplink.Username, Password: a.cfg.Uplink.Password,
 		CAFile: a.cfg.Uplink.CAFile, CertFile: a.cfg.Uplink.CertFile, KeyFile: a.cfg.Uplink.KeyFile,
 		Keepalive: a.cfg.Uplink.Keepalive, ConnectTimeout: a.cfg.Uplink.ConnectTimeout,
-		PublishTimeout: a.cfg.Uplink.PublishTimeout, FlushInterval: a.cfg.Uplink.FlushInterval,
+		PublishTimeout: a.cfg.Uplink.PublishTimeout, FlushInterval: a.cfg.Uplink.FlushInterval, MaxBackoff: a.cfg.Uplink.MaxBackoff,
 		MaxMessage: int(a.cfg.Uplink.MaxMessage), Spool: sp, Seq: seq, Log: a.log.With("component", "uplink"),
 		OnCommand: func(env telemetry.Envelope) { disp.Handle(env) },
 	})

@@ -32,6 +32,7 @@ type Options struct {
 	Keepalive          time.Duration
 	ConnectTimeout     time.Duration
 	PublishTimeout     time.Duration
+	MaxBackoff         time.Duration // longest wait between connect attempts; zero means 1 min
 	FlushInterval      time.Duration // how often collected batches become one message
 	MaxMessage         int           // bytes; a flush larger than this is split
 	InFlight           int           // publishes awaiting PUBACK; zero means 32
@@ -106,6 +107,9 @@ func New(opts Options) (*Uplink, error) {
 	}
 	if opts.FlushInterval <= 0 {
 		opts.FlushInterval = 10 * time.Second
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = time.Minute
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
@@ -295,7 +299,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 	flush := time.NewTicker(u.opts.FlushInterval)
 	defer flush.Stop()
 	inflight := 0
-	backoff := time.Second
+	backoff := min(time.Second, u.opts.MaxBackoff)
 	var retry <-chan time.Time = time.After(0)
 	connected := false
 	done := ctx.Done()
@@ -315,15 +319,17 @@ func (u *Uplink) Run(ctx context.Context) error {
 		case <-retry:
 			retry = nil
 			if u.connect() {
-				connected, backoff, inflight = true, time.Second, 0
+				connected, backoff, inflight = true, min(time.Second, u.opts.MaxBackoff), 0
 				u.opts.Spool.Requeue()
 				u.opts.Spool.Resume()
 				u.poke()
 				continue
 			}
-			u.spill("broker unreachable")       // disconnected: nothing waits in memory
-			wait := backoff/2 + rand.N(backoff) // exponential, with jitter
-			backoff = min(2*backoff, 2*time.Minute)
+			u.spill("broker unreachable") // disconnected: nothing waits in memory
+			// Exponential, with jitter, never beyond MaxBackoff: a fleet
+			// coming back after a broker outage spreads its reconnects.
+			wait := backoff/2 + rand.N(backoff/2+1)
+			backoff = min(2*backoff, u.opts.MaxBackoff)
 			retry = time.After(wait)
 		case err := <-u.lost:
 			if !connected {

@@ -32,7 +32,7 @@ func newUplink(t *testing.T, broker string, dir string, tweak ...func(*Options))
 	}
 	opts := Options{Brokers: []string{broker}, Node: "node-a", TopicPrefix: "edge", Keepalive: 2 * time.Second,
 		ConnectTimeout: time.Second, PublishTimeout: 2 * time.Second, FlushInterval: 100 * time.Millisecond,
-		Spool: sp, Seq: seq, Log: log}
+		MaxBackoff: 2 * time.Second, Spool: sp, Seq: seq, Log: log}
 	for _, f := range tweak {
 		f(&opts)
 	}

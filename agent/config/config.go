@@ -83,6 +83,7 @@ type Uplink struct {
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
 	FlushInterval  time.Duration `yaml:"flush_interval"`
 	MaxMessage     ByteSize      `yaml:"max_message"`
+	MaxBackoff     time.Duration `yaml:"max_backoff"`
 }
 
 // Spool configures the on-flash store-and-forward queue.

@@ -69,6 +69,7 @@ func (c *Config) Validate() error {
 	v.duration("uplink.connect_timeout", c.Uplink.ConnectTimeout, 100*time.Millisecond, 10*time.Minute)
 	v.duration("uplink.publish_timeout", c.Uplink.PublishTimeout, 100*time.Millisecond, 10*time.Minute)
 	v.duration("uplink.flush_interval", c.Uplink.FlushInterval, 100*time.Millisecond, time.Hour)
+	v.duration("uplink.max_backoff", c.Uplink.MaxBackoff, time.Second, time.Hour)
 	if c.Uplink.MaxMessage < 4<<10 || c.Uplink.MaxMessage > 192<<10 {
 		// The controller refuses messages over 256 KiB; leave room for the envelope.
 		v.bad("uplink.max_message", c.Uplink.MaxMessage.String(), "a size from 4KiB to 192KiB")
