@@ -77,7 +77,10 @@ func Open(opts Options) (*Reader, error) {
 		}
 		r.ns = ns
 	}
-	h, err := netlink.NewHandleAt(r.ns)
+	// Only the route family: with no families named, the library opens
+	// XFRM and netfilter sockets too, and a kernel built without them (a
+	// minimal firmware kernel) refuses the whole handle.
+	h, err := netlink.NewHandleAt(r.ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		r.Close()
 		return nil, fmt.Errorf("open netlink: %w", err)
