@@ -38,7 +38,7 @@ func TestTelemetrySizeAgainstJSON(t *testing.T) {
 	}
 	const node = "3d1219c7c4c5404aaa1f6d2a48adfda4" // a machine-id, as nodes use
 	var e telemetry.Encoder
-	data := e.EncodeBatches(node, 123456, time.Now(), batches)
+	data := e.EncodeBatches(telemetry.Header{Node: node, Seq: 123456, Time: time.Now(), Kind: telemetry.KindBatch}, batches)
 	js, err := json.Marshal(struct {
 		V    int               `json:"v"`
 		Node string            `json:"node"`

@@ -11,7 +11,7 @@ import (
 func msg(t *testing.T, node string, seq uint64, when time.Time, kind telemetry.Kind, body any) []byte {
 	t.Helper()
 	var e telemetry.Encoder
-	data, err := e.Encode(node, seq, when, kind, body)
+	data, err := e.Encode(telemetry.Header{Node: node, Seq: seq, Time: when, Kind: kind}, body)
 	if err != nil {
 		t.Fatal(err)
 	}

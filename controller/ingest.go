@@ -113,7 +113,7 @@ func (g *Ingest) Run(ctx context.Context) error {
 func (g *Ingest) Send(c telemetry.Command) error {
 	g.mu.Lock()
 	g.seq++
-	data, err := g.enc.Encode(c.Node, g.seq, time.Now(), telemetry.KindCommand, c)
+	data, err := g.enc.Encode(telemetry.Header{Node: c.Node, Seq: g.seq, Time: time.Now(), Kind: telemetry.KindCommand}, c)
 	payload := append([]byte(nil), data...)
 	g.mu.Unlock()
 	if err != nil {

@@ -43,7 +43,7 @@ func TestSharedIngest(t *testing.T) {
 	const n = 200
 	for seq := uint64(1); seq <= n; seq++ {
 		hb := telemetry.Heartbeat{Node: "node-x", Seq: seq, Time: time.Now(), Health: telemetry.Healthy}
-		data, _ := e.Encode("node-x", seq, hb.Time, telemetry.KindHeartbeat, hb)
+		data, _ := e.Encode(telemetry.Header{Node: "node-x", Seq: seq, Time: hb.Time, Kind: telemetry.KindHeartbeat}, hb)
 		pub.Publish("edge/node-x/heartbeat", 1, false, append([]byte(nil), data...)).WaitTimeout(5 * time.Second)
 	}
 	count := func() (a, b uint64) {

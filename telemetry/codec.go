@@ -53,6 +53,18 @@ type Envelope struct {
 	Time time.Time       `cbor:"4,keyasint" json:"time"`
 	Kind Kind            `cbor:"5,keyasint" json:"kind"`
 	Body cbor.RawMessage `cbor:"6,keyasint" json:"-"`
+	// Unsynced reports that the sender's clock was below its time floor
+	// when the message was made: its times are the floor's estimate.
+	Unsynced bool `cbor:"7,keyasint,omitempty" json:"unsynced,omitempty"`
+}
+
+// Header is what an envelope says about its body.
+type Header struct {
+	Node     string
+	Seq      uint64
+	Time     time.Time
+	Kind     Kind
+	Unsynced bool // see Envelope.Unsynced
 }
 
 // MaxMessage is the largest encoded message a receiver accepts; larger input
@@ -101,16 +113,16 @@ type Encoder struct {
 	index   map[string]uint64 // string → its place in the table
 }
 
-// Encode wraps body, which must be the Go type that kind names.
-func (e *Encoder) Encode(node string, seq uint64, t time.Time, kind Kind, body any) ([]byte, error) {
-	if batches, ok := body.([]Batch); ok && kind == KindBatch {
-		return e.EncodeBatches(node, seq, t, batches), nil
+// Encode wraps body, which must be the Go type that h.Kind names.
+func (e *Encoder) Encode(h Header, body any) ([]byte, error) {
+	if batches, ok := body.([]Batch); ok && h.Kind == KindBatch {
+		return e.EncodeBatches(h, batches), nil
 	}
 	raw, err := encMode.Marshal(body)
 	if err != nil {
-		return nil, fmt.Errorf("encode %s: %w", kind, err)
+		return nil, fmt.Errorf("encode %s: %w", h.Kind, err)
 	}
-	e.buf = append(e.header(node, seq, t, kind), raw...)
+	e.buf = append(e.header(h), raw...)
 	return e.buf, nil
 }
 
@@ -119,7 +131,8 @@ func (e *Encoder) Encode(node string, seq uint64, t time.Time, kind Kind, body a
 // string table that points refer to by index: names repeat across tags and
 // nodes, and the table halves a message against JSON where plain CBOR saved
 // only a third.
-func (e *Encoder) EncodeBatches(node string, seq uint64, t time.Time, batches []Batch) []byte {
+// h.Kind is taken to be KindBatch.
+func (e *Encoder) EncodeBatches(h Header, batches []Batch) []byte {
 	if e.index == nil {
 		e.index = make(map[string]uint64)
 	}
@@ -135,7 +148,8 @@ func (e *Encoder) EncodeBatches(node string, seq uint64, t time.Time, batches []
 			}
 		}
 	}
-	b := appendHead(e.header(node, seq, t, KindBatch), majorMap, 2)
+	h.Kind = KindBatch
+	b := appendHead(e.header(h), majorMap, 2)
 	b = appendHead(appendUint(b, 1), majorArray, uint64(len(e.strings)))
 	for _, s := range e.strings {
 		b = appendText(b, s)
@@ -155,14 +169,22 @@ func (e *Encoder) intern(s string) {
 	}
 }
 
-// header starts an envelope in the buffer, up to the body's key.
-func (e *Encoder) header(node string, seq uint64, t time.Time, kind Kind) []byte {
-	b := appendHead(e.buf[:0], majorMap, 6)
+// header starts an envelope in the buffer, up to the body's key, which
+// comes last.
+func (e *Encoder) header(h Header) []byte {
+	pairs := uint64(6)
+	if h.Unsynced {
+		pairs++
+	}
+	b := appendHead(e.buf[:0], majorMap, pairs)
 	b = appendUint(appendUint(b, 1), Version)
-	b = appendText(appendUint(b, 2), node)
-	b = appendUint(appendUint(b, 3), seq)
-	b = appendTime(appendUint(b, 4), t)
-	b = appendUint(appendUint(b, 5), uint64(kind))
+	b = appendText(appendUint(b, 2), h.Node)
+	b = appendUint(appendUint(b, 3), h.Seq)
+	b = appendTime(appendUint(b, 4), h.Time)
+	b = appendUint(appendUint(b, 5), uint64(h.Kind))
+	if h.Unsynced {
+		b = append(appendUint(b, 7), majorSimple|21) // true
+	}
 	return appendUint(b, 6)
 }
 

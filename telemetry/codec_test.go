@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fxamacker/cbor/v2"
 )
 
 func sampleBatch() *Batch {
@@ -22,7 +24,7 @@ func sampleBatch() *Batch {
 
 func TestBatchRoundTrip(t *testing.T) {
 	var e Encoder
-	data, err := e.Encode("node-1", 42, time.Unix(1763700001, 0), KindBatch, []Batch{*sampleBatch(), {Source: "empty"}})
+	data, err := e.Encode(Header{Node: "node-1", Seq: 42, Time: time.Unix(1763700001, 0), Kind: KindBatch}, []Batch{*sampleBatch(), {Source: "empty"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,14 +65,22 @@ func TestIntegralValuesAreIntegers(t *testing.T) {
 func TestOtherKindsRoundTrip(t *testing.T) {
 	var e Encoder
 	hb := Heartbeat{Node: "n", Seq: 7, Time: time.Unix(1763700000, 0).UTC(), Version: "v1", UptimeSec: 10, BootID: "b",
-		Health: Degraded, Why: "disk failing", SpoolDepth: 3, Dropped: 1}
-	data, err := e.Encode("n", 7, hb.Time, KindHeartbeat, hb)
+		Health: Degraded, Why: "disk failing", SpoolDepth: 3, Dropped: 1, Instance: "3f9a"}
+	data, err := e.Encode(Header{Node: "n", Seq: 7, Time: hb.Time, Kind: KindHeartbeat, Unsynced: true}, hb)
 	if err != nil {
 		t.Fatal(err)
 	}
 	env, err := Decode(data)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !env.Unsynced {
+		t.Error("the unsynced flag was lost")
+	}
+	// Any standard decoder reads the hand-written header, flag included.
+	var generic map[uint64]any
+	if err := cbor.Unmarshal(data, &generic); err != nil || generic[7] != true {
+		t.Errorf("generic decode: %v, key 7 = %v", err, generic[7])
 	}
 	var got Heartbeat
 	if err := env.DecodeBody(&got); err != nil {
@@ -114,7 +124,7 @@ func TestForwardCompatible(t *testing.T) {
 
 func TestDecoderIsStrictAndBounded(t *testing.T) {
 	var e Encoder
-	good, _ := e.Encode("n", 1, time.Unix(1, 0), KindState, State{State: "online"})
+	good, _ := e.Encode(Header{Node: "n", Seq: 1, Time: time.Unix(1, 0), Kind: KindState}, State{State: "online"})
 	good = append([]byte(nil), good...)
 	deep := "81"
 	for range 10 {
@@ -156,7 +166,7 @@ func FuzzDecode(f *testing.F) {
 	for kind, body := range map[Kind]any{KindBatch: []Batch{*sampleBatch()}, KindState: State{State: "offline"},
 		KindEvent:     Event{Severity: Warning, Kind: "link", Subject: "eth0", New: "down"},
 		KindHeartbeat: Heartbeat{Node: "n", Health: Healthy}} {
-		data, _ := e.Encode("n", 1, time.Unix(1, 0), kind, body)
+		data, _ := e.Encode(Header{Node: "n", Seq: 1, Time: time.Unix(1, 0), Kind: kind}, body)
 		f.Add(append([]byte(nil), data...))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -189,7 +199,7 @@ func checkBatches(t *testing.T, env Envelope) {
 		return
 	}
 	var e Encoder
-	env2, err := Decode(e.EncodeBatches(env.Node, env.Seq, env.Time, bs))
+	env2, err := Decode(e.EncodeBatches(Header{Node: env.Node, Seq: env.Seq, Time: env.Time, Kind: KindBatch}, bs))
 	if err != nil {
 		t.Fatalf("re-encoded batches refused: %v", err)
 	}
@@ -221,7 +231,7 @@ func BenchmarkEncodeBatch(b *testing.B) {
 	t := time.Now()
 	b.ReportAllocs()
 	for b.Loop() {
-		e.EncodeBatches("3d1219c7c4c5404aaa1f6d2a48adfda4", 123456, t, batches)
+		e.EncodeBatches(Header{Node: "3d1219c7c4c5404aaa1f6d2a48adfda4", Seq: 123456, Time: t, Kind: KindBatch}, batches)
 	}
 }
 

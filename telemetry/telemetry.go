@@ -51,9 +51,12 @@ type Health string
 
 // Health values.
 const (
-	Healthy  Health = "ok"       // every collector ran on time without error
-	Degraded Health = "degraded" // some collector fails or is late; the rest reports
+	Healthy  Health = "ok"       // every part works
+	Degraded Health = "degraded" // some optional part is missing or failing; the rest reports
 	Starting Health = "starting" // nothing collected yet
+	// Unhealthy: the agent cannot do its job (it is about to lose data, or
+	// cannot number or queue what it sends). Only this fails a health gate.
+	Unhealthy Health = "unhealthy"
 )
 
 // Heartbeat proves the node is alive. The controller treats three missed
@@ -71,6 +74,9 @@ type Heartbeat struct {
 	SpoolDepth  uint64    `cbor:"9,keyasint" json:"spool_depth"`
 	Dropped     uint64    `cbor:"10,keyasint" json:"dropped"` // records dropped by the spool, ever
 	Health      Health    `cbor:"11,keyasint" json:"health"`
-	// Why explains a health other than ok, in a few words.
+	// Why explains a health other than ok: one reason per part, "; " between.
 	Why string `cbor:"12,keyasint,omitempty" json:"why,omitempty"`
+	// Instance is random per start of the agent's process: two live
+	// instances heard under one node id are two machines claiming it.
+	Instance string `cbor:"13,keyasint,omitempty" json:"instance,omitempty"`
 }

@@ -170,7 +170,7 @@ func TestTLSAndACLConfineEachNode(t *testing.T) {
 
 	// node-b tries to speak for node-a, and to leave a last will in its subtree.
 	var e telemetry.Encoder
-	spoof, _ := e.Encode("node-a", 999999, time.Now(), telemetry.KindState, telemetry.State{State: "offline"})
+	spoof, _ := e.Encode(telemetry.Header{Node: "node-a", Seq: 999999, Time: time.Now(), Kind: telemetry.KindState}, telemetry.State{State: "offline"})
 	spoof = append([]byte(nil), spoof...)
 	b, conn, err := certClient(t, p, m.URL, "node-b", func(o *mqtt.ClientOptions) {
 		o.SetBinaryWill("edge/node-a/state", spoof, 1, true)

@@ -185,7 +185,7 @@ func (u *Uplink) envelope(kind telemetry.Kind, body any) ([]byte, error) {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	data, err := u.enc.Encode(u.opts.Node, seq, time.Now(), kind, body)
+	data, err := u.enc.Encode(telemetry.Header{Node: u.opts.Node, Seq: seq, Time: time.Now(), Kind: kind}, body)
 	return append([]byte(nil), data...), err
 }
 
@@ -231,7 +231,7 @@ func (u *Uplink) queue(suffix string, kind telemetry.Kind, seq uint64, body any)
 		}
 	}
 	u.mu.Lock()
-	data, err := u.enc.Encode(u.opts.Node, seq, time.Now(), kind, body)
+	data, err := u.enc.Encode(telemetry.Header{Node: u.opts.Node, Seq: seq, Time: time.Now(), Kind: kind}, body)
 	if err == nil {
 		err = u.opts.Spool.Put(seq, spool.Record{Topic: suffix, Payload: append([]byte(nil), data...), Queued: time.Now().Unix()})
 	}
@@ -288,7 +288,7 @@ func (u *Uplink) split(b telemetry.Batch) []telemetry.Batch {
 
 // size is the encoded size of one message holding batches.
 func (u *Uplink) size(batches []telemetry.Batch) int {
-	return len(u.sizer.EncodeBatches(u.opts.Node, 1<<62, time.Now(), batches))
+	return len(u.sizer.EncodeBatches(telemetry.Header{Node: u.opts.Node, Seq: 1 << 62, Time: time.Now(), Kind: telemetry.KindBatch}, batches))
 }
 
 // Run keeps the session until ctx is cancelled: connects with backoff,

@@ -132,7 +132,7 @@ func TestMalformedCommandIsCountedAndReported(t *testing.T) {
 	}
 	defer pub.Disconnect(100)
 	var e telemetry.Encoder
-	wrongKind, _ := e.Encode("node-a", 1, time.Now(), telemetry.KindState, telemetry.State{State: "offline"})
+	wrongKind, _ := e.Encode(telemetry.Header{Node: "node-a", Seq: 1, Time: time.Now(), Kind: telemetry.KindState}, telemetry.State{State: "offline"})
 	for _, p := range [][]byte{{0xff, 0xfe, 0x00}, append([]byte(nil), wrongKind...)} {
 		pub.Publish("edge/node-a/cmd", 1, false, p).WaitTimeout(5 * time.Second)
 	}

@@ -241,7 +241,7 @@ func (d *Dispatcher) cached(id string) (telemetry.CommandResult, bool) {
 // CacheSize.
 func (d *Dispatcher) store(res telemetry.CommandResult) {
 	var e telemetry.Encoder
-	data, err := e.Encode(d.opts.Node, 0, time.Now(), telemetry.KindCommandResult, res)
+	data, err := e.Encode(telemetry.Header{Node: d.opts.Node, Seq: 0, Time: time.Now(), Kind: telemetry.KindCommandResult}, res)
 	if err == nil {
 		err = atomicfile.WriteFile(d.path(res.ID, ".result"), data, 0o640)
 	}

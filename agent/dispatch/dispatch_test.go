@@ -78,7 +78,7 @@ func (h *harness) send(c telemetry.Command) {
 		c.IssuedAt, c.ExpiresAt = time.Now(), time.Now().Add(time.Minute)
 	}
 	var e telemetry.Encoder
-	data, err := e.Encode("controller", 1, time.Now(), telemetry.KindCommand, c)
+	data, err := e.Encode(telemetry.Header{Node: "controller", Seq: 1, Time: time.Now(), Kind: telemetry.KindCommand}, c)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestRefusals(t *testing.T) {
 	}
 	// A body that does not decode as a request still gets an answer.
 	var e telemetry.Encoder
-	data, _ := e.Encode("controller", 1, time.Now(), telemetry.KindCommand, map[string]int{"garbage": 1})
+	data, _ := e.Encode(telemetry.Header{Node: "controller", Seq: 1, Time: time.Now(), Kind: telemetry.KindCommand}, map[string]int{"garbage": 1})
 	env, _ := telemetry.Decode(data)
 	h.d.Handle(env)
 	if res := h.wait("", 1); res.Status != telemetry.StatusRefused || !strings.Contains(res.Reason, "malformed") {

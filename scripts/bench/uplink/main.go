@@ -198,7 +198,7 @@ func run() error {
 	pad := strings.Repeat("x", 1200)
 	for i := range outageMessages {
 		hb := telemetry.Heartbeat{Node: "bench-node", Seq: uint64(800000 + i), Time: time.Now(), Health: telemetry.Degraded, Why: pad}
-		data, _ := e.Encode("bench-node", hb.Seq, hb.Time, telemetry.KindHeartbeat, hb)
+		data, _ := e.Encode(telemetry.Header{Node: "bench-node", Seq: hb.Seq, Time: hb.Time, Kind: telemetry.KindHeartbeat}, hb)
 		payload += len(data)
 		u.Heartbeat(hb)
 		if i%100 == 0 {
@@ -220,7 +220,7 @@ func run() error {
 	start := time.Now().Add(-24 * time.Hour)
 	for i := range 8640 {
 		t := start.Add(time.Duration(i) * 10 * time.Second)
-		data := e.EncodeBatches("bench-node", uint64(i+1), t, flush(t))
+		data := e.EncodeBatches(telemetry.Header{Node: "bench-node", Seq: uint64(i + 1), Time: t, Kind: telemetry.KindBatch}, flush(t))
 		bytes += len(data)
 		if err := sp2.Put(uint64(i+1), spool.Record{Topic: "telemetry", Payload: append([]byte(nil), data...), Queued: t.Unix()}); err != nil {
 			return err
