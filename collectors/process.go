@@ -53,7 +53,8 @@ type Processes struct {
 
 type serviceState struct {
 	status    ServiceStatus
-	identity  string // pid and start time of the process last seen
+	identity  string        // pid and start time of the process last seen
+	age       time.Duration // of that process, when last read
 	restarts  []time.Time
 	cpu       float64
 	cpuAt     time.Time
@@ -142,12 +143,14 @@ func (c *Processes) running(st *serviceState, p proc.Process, now time.Time) {
 	if len(st.restarts) >= c.FlapRestarts {
 		state = Flapping
 	}
-	if state != st.status.State || st.status.PID != p.PID {
-		st.status.Since = p.StartTime
-		if state == Flapping {
-			st.status.Since = now
-		}
+	switch {
+	case state == Running:
+		// Derived at every read: the wall clock may have stepped since.
+		st.status.Since = now.Add(-p.Age)
+	case state != st.status.State || st.status.PID != p.PID:
+		st.status.Since = now
 	}
+	st.age = p.Age
 	st.status.State, st.status.PID, st.status.RSSBytes, st.status.Reason = state, p.PID, p.RSSBytes, ""
 }
 
@@ -158,7 +161,7 @@ func (c *Processes) report(r *Report, st *serviceState, old string) {
 	r.Add("process.restarts", float64(s.Restarts), tags...)
 	if s.State != Stopped {
 		r.Add("process.pid", float64(s.PID), tags...)
-		r.Add("process.uptime_seconds", r.Time.Sub(s.Since).Seconds(), tags...)
+		r.Add("process.uptime_seconds", st.age.Seconds(), tags...)
 		r.Add("process.rss_bytes", float64(s.RSSBytes), tags...)
 		r.Add("process.cpu_percent", s.CPUPercent, tags...)
 	}

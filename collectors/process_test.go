@@ -2,6 +2,7 @@ package collectors
 
 import (
 	"context"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,5 +104,37 @@ func TestServiceNeverSeenIsReported(t *testing.T) {
 	ev := r.Events()
 	if len(ev) != 1 || ev[0].New != Stopped || ev[0].Old != "" {
 		t.Fatalf("events %+v", ev)
+	}
+}
+
+// TestServiceUptimeIgnoresClockSteps reads a real process with the report's
+// wall clock stepped six hours either way, as NTP does to a node without a
+// real-time clock: the uptime comes from the clock since boot and stays put,
+// and the start time shown follows the clock.
+func TestServiceUptimeIgnoresClockSteps(t *testing.T) {
+	cmd := exec.Command(testenv.LookPath(t, "sleep"), "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pidFile := filepath.Join(t.TempDir(), "store.pid")
+	os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+
+	c := NewProcesses("/sys", "/proc", []Service{{Name: "store", PIDFile: pidFile}})
+	for _, step := range []time.Duration{0, 6 * time.Hour, -6 * time.Hour} {
+		r := &Report{Time: time.Now().Add(step)}
+		if err := c.Collect(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+		uptime := -1.0
+		for _, p := range r.Points() {
+			if p.Name == "process.uptime_seconds" {
+				uptime = p.Value
+			}
+		}
+		since := r.Time.Sub(c.Status()[0].Since).Seconds()
+		if uptime < 0 || uptime > 30 || math.Abs(since-uptime) > 0.001 {
+			t.Errorf("clock stepped %v: uptime %.2f s, since %.2f s before the report", step, uptime, since)
+		}
 	}
 }

@@ -1,6 +1,10 @@
 // Package proc finds and reads processes under a procfs root: by pid file,
 // by systemd unit (its cgroup), or by exact name, and reads what an operator
-// asks of a service: pid, state, start time, RSS and CPU time.
+// asks of a service: pid, state, age, RSS and CPU time.
+//
+// A process's age is measured on the clock since boot (/proc/uptime), never on
+// the wall clock: an appliance without a real-time clock boots at 1970 and NTP
+// steps its clock later, so the boot time it would compute from is off by decades.
 package proc
 
 import (
@@ -27,11 +31,14 @@ var ErrNotFound = errors.New("no such process")
 
 // Process is one process as /proc/<pid>/stat describes it.
 type Process struct {
-	PID        int
-	Name       string // comm, at most 15 bytes
-	State      byte   // R, S, D, Z, T, …
-	PPID       int
-	StartTime  time.Time
+	PID   int
+	Name  string // comm, at most 15 bytes
+	State byte   // R, S, D, Z, T, …
+	PPID  int
+	// Age is how long the process has been running when it was read:
+	// /proc/uptime (time since boot, which the wall clock's steps do not
+	// move) less its start time after boot.
+	Age        time.Duration
 	CPUSeconds float64 // user and system time since start
 	RSSBytes   uint64
 	// startTicks identifies the process together with the pid: a reused pid
@@ -67,11 +74,11 @@ func (f FS) Process(pid int) (Process, error) {
 	if p.State == 'Z' || p.State == 'X' {
 		return Process{}, ErrNotFound
 	}
-	boot, err := f.bootTime()
+	up, err := f.uptime()
 	if err != nil {
 		return Process{}, err
 	}
-	p.StartTime = boot.Add(time.Duration(p.startTicks) * time.Second / userHZ)
+	p.Age = max(up-time.Duration(p.startTicks)*time.Second/userHZ, 0)
 	return p, nil
 }
 
@@ -102,21 +109,24 @@ func parseStat(data []byte) (Process, error) {
 	return p, nil
 }
 
-func (f FS) bootTime() (time.Time, error) {
-	data, err := kfile.Read(filepath.Join(f.procfs, "stat"))
+// uptime reads the time since boot from /proc/uptime.
+func (f FS) uptime() (time.Duration, error) {
+	data, err := kfile.Read(filepath.Join(f.procfs, "uptime"))
 	if err != nil {
-		return time.Time{}, err
+		return 0, err
 	}
-	for line := range bytes.Lines(data) {
-		if v, ok := bytes.CutPrefix(line, []byte("btime ")); ok {
-			n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
-			if err != nil {
-				break
-			}
-			return time.Unix(n, 0), nil
-		}
+	return parseUptime(data)
+}
+
+// parseUptime parses /proc/uptime: seconds since boot and seconds all CPUs
+// spent idle, each with two decimals.
+func parseUptime(data []byte) (time.Duration, error) {
+	first, _, _ := strings.Cut(strings.TrimSpace(string(data)), " ")
+	up, err := time.ParseDuration(first + "s")
+	if err != nil || strings.Trim(first, "0123456789.") != "" {
+		return 0, fmt.Errorf("/proc/uptime: %.40q is not a number of seconds", data)
 	}
-	return time.Time{}, errors.New("/proc/stat: no btime")
+	return up, nil
 }
 
 // PIDFile returns the live process whose pid is in the file at path.
