@@ -2,16 +2,17 @@ package agent
 
 import (
 	"context"
-	"errors"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
+	"log/syslog"
+	"net"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
 
 	"github.com/seed69aca190/edgeagent/agent/config"
@@ -22,7 +23,6 @@ import (
 	"github.com/seed69aca190/edgeagent/hal/host"
 	"github.com/seed69aca190/edgeagent/hal/nic"
 	"github.com/seed69aca190/edgeagent/internal/buildinfo"
-	"github.com/seed69aca190/edgeagent/internal/seqfile"
 	"github.com/seed69aca190/edgeagent/telemetry"
 	"github.com/seed69aca190/edgeagent/update/handoff"
 	"github.com/seed69aca190/edgeagent/uplink"
@@ -31,22 +31,54 @@ import (
 
 // Agent is one running edgeagent daemon.
 type Agent struct {
-	cfg    *config.Config
-	log    *slog.Logger
-	level  *slog.LevelVar
-	statsd *statsd.Server // nil when StatsD is off
+	cfg      *config.Config
+	log      *slog.Logger
+	level    *slog.LevelVar
+	logFault string                         // why log.output could not be used; stderr serves instead
+	statsd   atomic.Pointer[statsd.Server] // nil until its socket is bound, or when StatsD is off
 }
 
-// New returns an agent for cfg that logs to w in the configured format.
+// New returns an agent for cfg that logs in the configured format to
+// log.output: stderr (w), syslog or a file. When that output cannot be
+// opened the agent logs to w and reports itself degraded.
 func New(cfg *config.Config, w io.Writer) *Agent {
-	level := new(slog.LevelVar)
-	level.Set(parseLevel(cfg.Log.Level))
-	opts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(w, opts)
-	if cfg.Log.Format == "json" {
-		h = slog.NewJSONHandler(w, opts)
+	a := &Agent{cfg: cfg, level: new(slog.LevelVar)}
+	a.level.Set(parseLevel(cfg.Log.Level))
+	out, err := logOutput(cfg.Log.Output, w)
+	if err != nil {
+		a.logFault = err.Error()
+		out = w
 	}
-	return &Agent{cfg: cfg, log: slog.New(h), level: level}
+	opts := &slog.HandlerOptions{Level: a.level}
+	var h slog.Handler = slog.NewTextHandler(out, opts)
+	if cfg.Log.Format == "json" {
+		h = slog.NewJSONHandler(out, opts)
+	}
+	a.log = slog.New(h)
+	if err != nil {
+		a.log.Warn("log output unusable; logging to stderr", "err", err)
+	}
+	return a
+}
+
+// logOutput opens where the log goes: stderr (w), syslog (the local
+// daemon's socket; BusyBox syslogd serves it), or a file appended to.
+func logOutput(output string, w io.Writer) (io.Writer, error) {
+	switch output {
+	case "", "stderr":
+		return w, nil
+	case "syslog":
+		s, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "edgeagent")
+		if err != nil {
+			return nil, fmt.Errorf("log.output syslog: %w", err)
+		}
+		return s, nil
+	}
+	f, err := os.OpenFile(output, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("log.output: %w", err)
+	}
+	return f, nil
 }
 
 // parseLevel maps a validated log.level to its slog level.
@@ -57,177 +89,248 @@ func parseLevel(s string) slog.Level {
 }
 
 // Run runs the agent until ctx is cancelled. Cancellation is a clean stop and
-// returns nil.
+// returns nil. It fails only when the agent would be useless (ErrUnusable:
+// no state directory, TLS configured without its files) or another agent
+// holds the state directory; every optional part that is missing (a netlink
+// family, a port held by another daemon, smartctl, a read-only or full data
+// partition) degrades it instead, with the reason in the heartbeat and
+// /healthz, and is tried again until it works.
 func (a *Agent) Run(ctx context.Context) error {
-	stateDir := a.cfg.Paths.StateDir
-	if err := os.MkdirAll(stateDir, 0o750); err != nil {
-		return fmt.Errorf("create state dir: %w", err)
-	}
-	unlock, err := lockStateDir(stateDir)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-
-	node, err := a.cfg.NodeID()
-	if err != nil {
-		return err
-	}
 	bi := buildinfo.Read("edgeagent")
+	st, err := openState(a.cfg, bi.Built(), a.log.With("component", "state"))
+	if err != nil {
+		return err
+	}
+	defer st.close()
 	a.log.Info("edgeagent started", "version", bi.Version, "commit", bi.Commit,
-		"platform", bi.Platform(), "node", node, "state_dir", stateDir, "pid", os.Getpid())
-
+		"platform", bi.Platform(), "node", st.node, "state_dir", st.dir, "pid", os.Getpid())
 	sockets, err := handoff.FromEnv(a.log.With("component", "handoff"))
 	if err != nil {
 		a.log.Warn("inherited sockets ignored", "err", err)
 	}
-	seq, err := seqfile.Open(filepath.Join(stateDir, "seq"), seqBlock)
-	switch {
-	case errors.Is(err, seqfile.ErrRecovered):
-		a.log.Warn("sequence file was unreadable; sequence resumes from the clock", "err", err)
-	case err != nil:
-		return err
-	}
-	spoolDir := a.cfg.Paths.SpoolDir
-	if spoolDir == "" {
-		spoolDir = filepath.Join(stateDir, "spool")
-	}
-	sp, err := spool.Open(spool.Options{Dir: spoolDir, MaxBytes: int64(a.cfg.Spool.MaxBytes),
-		FsyncInterval: a.cfg.Spool.FsyncInterval, Log: a.log.With("component", "spool")})
+	sp, err := a.openSpool(st)
 	if err != nil {
 		return err
 	}
 	var disp *dispatch.Dispatcher // made below, once the uplink can carry its results
-	up, err := uplink.New(uplink.Options{
-		Brokers: a.cfg.Uplink.Brokers, Node: node, TopicPrefix: a.cfg.Uplink.TopicPrefix,
-		Username: a.cfg.Uplink.Username, Password: a.cfg.Uplink.Password,
-		CAFile: a.cfg.Uplink.CAFile, CertFile: a.cfg.Uplink.CertFile, KeyFile: a.cfg.Uplink.KeyFile,
-		Keepalive: a.cfg.Uplink.Keepalive, ConnectTimeout: a.cfg.Uplink.ConnectTimeout,
-		PublishTimeout: a.cfg.Uplink.PublishTimeout, FlushInterval: a.cfg.Uplink.FlushInterval, MaxBackoff: a.cfg.Uplink.MaxBackoff,
-		MaxMessage: int(a.cfg.Uplink.MaxMessage), Spool: sp, Seq: seq, Log: a.log.With("component", "uplink"),
-		OnCommand: func(env telemetry.Envelope) { disp.Handle(env) },
-	})
+	up, err := a.newUplink(st, sp, func(env telemetry.Envelope) { disp.Handle(env) })
 	if err != nil {
 		sp.Close()
 		return err
 	}
 	console := &logSink{log: a.log.With("component", "telemetry")}
-	sched, closeAll, err := a.collectors(teeSink{up, console})
-	defer closeAll()
-	if err != nil {
-		sp.Close()
-		return err
-	}
-	spoolStats := func() (uint64, uint64) {
-		st := sp.Stats()
-		return uint64(st.Depth()), st.Dropped
-	}
+	sched, closeCollectors := a.collectors(teeSink{up, console})
+	defer closeCollectors()
+	hl := newHealth(sched, a.log.With("component", "health"))
+	a.probeHealth(hl, st, sp, up)
+	stat := &status{sched: sched, uplink: up, statsd: a.statsd.Load, sockets: sockets, seq: st.seq, health: hl,
+		node: st.node, version: bi.Version, started: time.Now()}
+	rt := router.New(sched.Event, a.log.With("component", "router"))
+	disp = a.newDispatcher(st, sched, sp, stat, rt, up)
+	stat.disp = disp
 
 	// Producers stop first; the uplink after them, so that the last StatsD
 	// flush and heartbeat still reach the spool. Until it runs, what is
 	// produced waits in the spool.
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	producers, stopProducers := context.WithCancel(ctx)
 	defer stopProducers()
-	ctx = producers
-	if listen := a.cfg.StatsD.Listen; listen != "" {
-		conn, err := sockets.PacketConn("statsd", listen)
-		if err != nil {
-			sp.Close()
-			return err
-		}
-		srv := statsd.New(conn, statsd.Options{
-			FlushInterval: a.cfg.StatsD.FlushInterval,
-			MaxSeries:     a.cfg.StatsD.MaxSeries,
-			ReadBuffer:    int(a.cfg.StatsD.ReadBuffer),
-			Emit:          sched.Publish,
-			Log:           a.log.With("component", "statsd"),
-		})
-		a.statsd = srv
-		wg.Go(func() {
-			if err := srv.Run(ctx); err != nil {
-				a.log.Error("statsd server stopped", "err", err)
-			}
-		})
-	}
-	st := &status{sched: sched, uplink: up, statsd: a.statsd, sockets: sockets, seq: seq, node: node,
-		version: bi.Version, spoolMax: int64(a.cfg.Spool.MaxBytes), started: time.Now()}
-	rt := router.New(sched.Event, a.log.With("component", "router"))
-	controlSocket := a.cfg.Control.Socket
-	if controlSocket == "" {
-		controlSocket = filepath.Join(stateDir, "control.sock")
-	}
-	control, err := sockets.Listener("control", "unix:"+controlSocket)
-	if err != nil {
-		sp.Close()
-		return err
-	}
-	wg.Go(func() {
-		if err := rt.Serve(ctx, control); err != nil {
-			a.log.Error("control socket stopped", "err", err)
-		}
-	})
-	disp, err = dispatch.New(dispatch.Options{
-		Node: node, PluginDir: a.cfg.Paths.PluginDir, CacheDir: filepath.Join(stateDir, "commands"),
-		Concurrency: a.cfg.Commands.Concurrency, Queue: a.cfg.Commands.Queue, OutputLimit: int(a.cfg.Commands.OutputLimit),
-		DefaultTimeout: a.cfg.Commands.Timeout, MaxTimeout: a.cfg.Commands.MaxTimeout,
-		Builtins: a.builtins(node, bi.Version, sched, sp, st, rt), Result: up.Result, Log: a.log.With("component", "commands"),
-	})
-	if err != nil {
-		sp.Close()
-		return err
-	}
-	st.disp = disp
-	wg.Go(func() { disp.Run(ctx) })
-	if listen := a.cfg.HTTP.Listen; listen != "" {
-		l, err := sockets.Listener("http", listen)
-		if err != nil {
-			sp.Close()
-			return err
-		}
-		wg.Go(func() { st.serve(ctx, l, a.log.With("component", "http")) })
-	}
+	a.listen(producers, &wg, hl, sockets, rt, stat, sched)
 	sockets.Close() // inherited sockets the configuration no longer has
 	if iv := a.cfg.Collect.Agent; iv > 0 {
 		sched.Add(collectors.NewAgent(collectors.AgentOptions{Sysfs: a.cfg.Paths.Sysfs, Procfs: a.cfg.Paths.Procfs,
-			Scheduler: sched, StatsD: a.statsd, Spool: spoolStats}), iv, 0)
+			Scheduler: sched, StatsD: a.statsd.Load, Spool: spoolCounts(sp)}), iv, 0)
 	}
-
 	bootID, err := host.New(a.cfg.Paths.Sysfs, a.cfg.Paths.Procfs).BootID()
 	if err != nil {
 		a.log.Warn("boot id unknown", "err", err)
 	}
+
 	upCtx, stopUplink := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopUplink()
 	upDone := make(chan error, 1)
 	go func() { upDone <- up.Run(upCtx) }()
 	started := time.Now()
-	wg.Go(func() { sched.Run(ctx) })
+	wg.Go(func() { disp.Run(producers) })
+	wg.Go(func() { sched.Run(producers) })
+	wg.Go(func() { hl.watch(producers, 5*time.Second, sched.Event) })
+	wg.Go(func() { st.run(producers) })
 	wg.Go(func() {
-		sched.RunHeartbeat(ctx, collectors.HeartbeatOptions{Node: node, Version: bi.Version, BootID: bootID,
-			Interval: a.cfg.Heartbeat.Interval, Seq: seq, Started: started, Spool: spoolStats})
+		sched.RunHeartbeat(producers, collectors.HeartbeatOptions{Node: st.node, Version: bi.Version, BootID: bootID,
+			Instance: instanceID(), Interval: a.cfg.Heartbeat.Interval, Seq: st.seq, Started: started,
+			Spool: spoolCounts(sp), Health: hl.summary})
 	})
 	<-ctx.Done()
 	a.log.Info("edgeagent stopping", "reason", context.Cause(ctx))
+	stopProducers()
 	wg.Wait()
 	stopUplink()
 	if err := <-upDone; err != nil {
 		a.log.Error("uplink", "err", err)
 	}
 	a.log.Info("edgeagent stopped", "batches", console.batches.Load(), "points", console.points.Load(),
-		"events", console.events.Load(), "heartbeats", console.heartbeats.Load(), "next_seq", seq.Peek(),
+		"events", console.events.Load(), "heartbeats", console.heartbeats.Load(), "next_seq", st.seq.Peek(),
 		"spooled", sp.Stats().Depth())
 	return nil
 }
 
-// seqBlock sequence numbers are reserved per write of the sequence file: at
-// one heartbeat per 10 s that is one flash write every 2¾ hours.
-const seqBlock = 1000
+// openSpool opens the store-and-forward queue; it fails only when its
+// directory does not exist and cannot be made.
+func (a *Agent) openSpool(st *state) (*spool.Spool, error) {
+	c := a.cfg
+	dir := c.Paths.SpoolDir
+	if dir == "" {
+		dir = filepath.Join(st.dir, "spool")
+	}
+	sp, err := spool.Open(spool.Options{Dir: dir, MaxBytes: int64(c.Spool.MaxBytes),
+		FsyncInterval: c.Spool.FsyncInterval, Log: a.log.With("component", "spool")})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnusable, err)
+	}
+	return sp, nil
+}
+
+// newUplink prepares the MQTT session (Run connects); it fails only when
+// TLS is configured and its files cannot be read.
+func (a *Agent) newUplink(st *state, sp *spool.Spool, onCommand func(telemetry.Envelope)) (*uplink.Uplink, error) {
+	c := a.cfg.Uplink
+	up, err := uplink.New(uplink.Options{
+		Brokers: c.Brokers, Node: st.node, TopicPrefix: c.TopicPrefix, Username: c.Username, Password: c.Password,
+		CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
+		Keepalive: c.Keepalive, ConnectTimeout: c.ConnectTimeout, PublishTimeout: c.PublishTimeout,
+		FlushInterval: c.FlushInterval, MaxBackoff: c.MaxBackoff, MaxMessage: int(c.MaxMessage),
+		Spool: sp, Seq: st.seq, Stamp: st.floor.Stamp, Log: a.log.With("component", "uplink"), OnCommand: onCommand,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnusable, err)
+	}
+	return up, nil
+}
+
+func (a *Agent) newDispatcher(st *state, sched *collectors.Scheduler, sp *spool.Spool, stat *status,
+	rt *router.Router, up *uplink.Uplink) *dispatch.Dispatcher {
+	c := a.cfg.Commands
+	return dispatch.New(dispatch.Options{
+		Node: st.node, PluginDir: a.cfg.Paths.PluginDir, CacheDir: filepath.Join(st.dir, "commands"),
+		Concurrency: c.Concurrency, Queue: c.Queue, OutputLimit: int(c.OutputLimit),
+		DefaultTimeout: c.Timeout, MaxTimeout: c.MaxTimeout, Now: st.floor.Now,
+		Builtins: a.builtins(st.node, stat.version, sched, sp, stat, rt), Result: up.Result,
+		Log: a.log.With("component", "commands"),
+	})
+}
+
+// probeHealth tells hl where to look for what does not work.
+func (a *Agent) probeHealth(hl *health, st *state, sp *spool.Spool, up *uplink.Uplink) {
+	if a.logFault != "" {
+		hl.degrade("log", a.logFault+"; logging to stderr")
+	}
+	hl.probe(st.problems)
+	spoolMax := float64(a.cfg.Spool.MaxBytes)
+	hl.probe(func() []problem {
+		var out []problem
+		s := up.Status()
+		if s.State != "connected" {
+			p := problem{part: "uplink", reason: fmt.Sprintf("%s; %d records wait in the spool", s.State, s.Spool.Depth())}
+			if used := float64(s.Spool.DiskBytes) / spoolMax; used >= spoolLimit {
+				p.reason, p.unhealthy = fmt.Sprintf("%s and the spool is %.0f%% full: the oldest records are about to be dropped", s.State, 100*used), true
+			}
+			out = append(out, p)
+		}
+		if s.TLSError != "" {
+			out = append(out, problem{part: "tls", reason: s.TLSError + "; the files read before are used"})
+		}
+		// SPOOL-FAULT: the spool's flash fault joins here once uplink/spool reports it.
+		return out
+	})
+}
+
+// spoolLimit is the share of spool.max_bytes beyond which spooling no longer
+// counts as healthy: past it the oldest records are about to be dropped.
+const spoolLimit = 0.9
+
+func spoolCounts(sp *spool.Spool) func() (uint64, uint64) {
+	return func() (uint64, uint64) {
+		st := sp.Stats()
+		return uint64(st.Depth()), st.Dropped
+	}
+}
+
+// instanceID is random per start of the process: the controller tells two
+// machines claiming one node id by it.
+func instanceID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// listen starts the servers on their sockets: StatsD, the control socket
+// (service router) and the status endpoint. A socket that cannot be had
+// now (a port another daemon holds, an address not yet configured) is
+// tried again in the background while the part reports degraded.
+func (a *Agent) listen(ctx context.Context, wg *sync.WaitGroup, hl *health, sockets *handoff.Registry,
+	rt *router.Router, stat *status, sched *collectors.Scheduler) {
+	if addr := a.cfg.StatsD.Listen; addr != "" {
+		retry(ctx, wg, hl, "statsd", func() (net.PacketConn, error) { return sockets.PacketConn("statsd", addr) },
+			func(conn net.PacketConn) {
+				srv := statsd.New(conn, statsd.Options{
+					FlushInterval: a.cfg.StatsD.FlushInterval, MaxSeries: a.cfg.StatsD.MaxSeries,
+					ReadBuffer: int(a.cfg.StatsD.ReadBuffer), Emit: sched.Publish, Log: a.log.With("component", "statsd"),
+				})
+				a.statsd.Store(srv)
+				if err := srv.Run(ctx); err != nil {
+					a.log.Error("statsd server stopped", "err", err)
+				}
+			})
+	}
+	control := a.cfg.Control.Socket
+	if control == "" {
+		control = filepath.Join(a.cfg.Paths.StateDir, "control.sock")
+	}
+	retry(ctx, wg, hl, "control socket", func() (net.Listener, error) { return sockets.Listener("control", "unix:"+control) },
+		func(l net.Listener) {
+			if err := rt.Serve(ctx, l); err != nil {
+				a.log.Error("control socket stopped", "err", err)
+			}
+		})
+	if addr := a.cfg.HTTP.Listen; addr != "" {
+		retry(ctx, wg, hl, "http", func() (net.Listener, error) { return sockets.Listener("http", addr) },
+			func(l net.Listener) { stat.serve(ctx, l, a.log.With("component", "http")) })
+	}
+}
+
+// retry obtains a socket with get, at once, and runs serve with it on its own
+// goroutine. While get fails, part is degraded with the reason and get is
+// tried again: after 1 s, then twice as long each time up to 30 s.
+func retry[T any](ctx context.Context, wg *sync.WaitGroup, hl *health, part string, get func() (T, error), serve func(T)) {
+	s, err := get()
+	if err == nil {
+		wg.Go(func() { serve(s) })
+		return
+	}
+	wg.Go(func() {
+		wait := time.Second
+		for err != nil {
+			hl.degrade(part, err.Error()+"; trying again")
+			select {
+			case <-ctx.Done():
+				hl.degrade(part, "")
+				return
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 30*time.Second)
+			s, err = get()
+		}
+		hl.degrade(part, "")
+		serve(s)
+	})
+}
 
 // collectors builds the scheduler with every collector the configuration
-// turns on. closeAll releases what they hold, also after an error.
-func (a *Agent) collectors(sink collectors.Sink) (*collectors.Scheduler, func(), error) {
+// turns on. None of them fails to start: a source that is missing (a
+// netlink family, smartctl) makes its collector fail at each run, which
+// reports the agent degraded and tries again at the next run. closeAll
+// releases what they hold.
+func (a *Agent) collectors(sink collectors.Sink) (*collectors.Scheduler, func()) {
 	c := a.cfg
 	var closers []func() error
 	closeAll := func() {
@@ -239,7 +342,7 @@ func (a *Agent) collectors(sink collectors.Sink) (*collectors.Scheduler, func(),
 		EventBurst: c.Events.Burst, EventEvery: c.Events.RateLimit, Log: a.log.With("component", "collectors")})
 	halOpts, err := HALOptions(c, true)
 	if err != nil {
-		return nil, closeAll, err
+		a.log.Error("hal options", "err", err)
 	}
 	if c.Collect.Host > 0 {
 		sched.Add(collectors.NewHost(c.Paths.Sysfs, c.Paths.Procfs), c.Collect.Host, 0)
@@ -248,20 +351,18 @@ func (a *Agent) collectors(sink collectors.Sink) (*collectors.Scheduler, func(),
 		sched.Add(collectors.NewDisk(c.Paths.Sysfs, c.Paths.Procfs, halOpts.Disks, float64(c.Events.FilesystemFullPercent)), c.Collect.Disk, 0)
 	}
 	if c.Collect.Net > 0 {
-		n, err := collectors.NewNet(nic.Options{Sysfs: c.Paths.Sysfs})
-		if err != nil {
-			return nil, closeAll, fmt.Errorf("net collector: %w", err)
-		}
+		n := collectors.NewNet(nic.Options{Sysfs: c.Paths.Sysfs})
 		closers = append(closers, n.Close)
 		sched.Add(n, c.Collect.Net, 0)
 	}
 	if c.Collect.Tunnel > 0 {
 		links, err := nic.Open(nic.Options{Sysfs: c.Paths.Sysfs})
-		if err != nil {
-			return nil, closeAll, fmt.Errorf("tunnel collector: %w", err)
+		if err == nil {
+			closers = append(closers, links.Close)
+			sched.Add(collectors.NewTunnel(halOpts.OpenVPN, halOpts.WireGuard, links), c.Collect.Tunnel, 0)
+		} else {
+			a.log.Error("tunnel collector off", "err", err)
 		}
-		closers = append(closers, links.Close)
-		sched.Add(collectors.NewTunnel(halOpts.OpenVPN, halOpts.WireGuard, links), c.Collect.Tunnel, 0)
 	}
 	if c.Collect.Process > 0 && len(c.Services) > 0 {
 		var services []collectors.Service
@@ -273,27 +374,5 @@ func (a *Agent) collectors(sink collectors.Sink) (*collectors.Scheduler, func(),
 	if c.Collect.Smart > 0 {
 		sched.Add(collectors.NewSmart(c.Paths.Sysfs, c.Paths.Procfs, halOpts.Disks, *halOpts.Smart), c.Collect.Smart, 0)
 	}
-	return sched, closeAll, nil
-}
-
-// lockStateDir takes an exclusive lock on the state directory so that two agents
-// never share sequence numbers or a spool. The lock file records the holder's pid.
-func lockStateDir(dir string) (unlock func(), err error) {
-	path := filepath.Join(dir, "edgeagent.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", path, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		holder, _ := io.ReadAll(io.LimitReader(f, 32))
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("state dir %s is in use by another edgeagent (pid %s)", dir, strings.TrimSpace(string(holder)))
-		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	if err := f.Truncate(0); err == nil {
-		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	}
-	return func() { f.Close() }, nil
+	return sched, closeAll
 }

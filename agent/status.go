@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/seed69aca190/edgeagent/agent/dispatch"
@@ -23,21 +22,17 @@ import (
 // status serves the local endpoint: /healthz for supervisors and load
 // balancers, /status for people and scripts on the node.
 type status struct {
-	sched    *collectors.Scheduler
-	uplink   *uplink.Uplink
-	statsd   *statsd.Server
-	sockets  *handoff.Registry
-	seq      *seqfile.Counter
-	node     string
-	version  string
-	spoolMax int64
-	started  time.Time
-	disp     *dispatch.Dispatcher // set once made
+	sched   *collectors.Scheduler
+	uplink  *uplink.Uplink
+	statsd  func() *statsd.Server // nil until bound
+	sockets *handoff.Registry
+	seq     *seqfile.Counter
+	health  *health
+	node    string
+	version string
+	started time.Time
+	disp    *dispatch.Dispatcher // set once made
 }
-
-// spoolLimit is the share of spool.max_bytes beyond which spooling no longer
-// counts as healthy: past it the oldest records are about to be dropped.
-const spoolLimit = 0.9
 
 func (s *status) serve(ctx context.Context, l net.Listener, log *slog.Logger) {
 	mux := http.NewServeMux()
@@ -55,33 +50,18 @@ func (s *status) serve(ctx context.Context, l net.Listener, log *slog.Logger) {
 	}
 }
 
-// problems lists why the node is not healthy; none means healthy.
-func (s *status) problems() []string {
-	var out []string
-	if h, why := s.sched.Health(); h != telemetry.Healthy {
-		out = append(out, fmt.Sprintf("collectors %s: %s", h, why))
-	}
-	up := s.uplink.Status()
-	if up.State != "connected" {
-		if used := float64(up.Spool.DiskBytes) / float64(s.spoolMax); used >= spoolLimit {
-			out = append(out, fmt.Sprintf("uplink %s and the spool is %.0f%% full", up.State, 100*used))
-		}
-	}
-	return out
-}
-
+// healthz answers supervisors: 200 while the agent does its job (healthy,
+// starting or degraded, with the reasons), 503 when it is unhealthy.
 func (s *status) healthz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if p := s.problems(); len(p) > 0 {
+	probs := s.health.problems()
+	word, _ := s.health.verdict(probs)
+	if word == telemetry.Unhealthy {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintln(w, strings.Join(p, "\n"))
-		return
 	}
-	up := s.uplink.Status()
-	if up.State == "connected" {
-		fmt.Fprintln(w, "ok")
-	} else {
-		fmt.Fprintf(w, "ok (uplink %s; spooling %d records)\n", up.State, up.Spool.Depth())
+	fmt.Fprintln(w, word)
+	for _, p := range probs {
+		fmt.Fprintln(w, p)
 	}
 }
 
@@ -90,7 +70,7 @@ type report struct {
 	Node          string              `json:"node"`
 	Version       string              `json:"version"`
 	UptimeSec     int64               `json:"uptime_sec"`
-	Healthy       bool                `json:"healthy"`
+	Health        telemetry.Health    `json:"health"`
 	Problems      []string            `json:"problems,omitempty"`
 	NextSeq       uint64              `json:"next_seq"`
 	Uplink        uplink.Status       `json:"uplink"`
@@ -109,10 +89,13 @@ func (s *status) report() report {
 		NextSeq: s.seq.Peek(), Uplink: s.uplink.Status(), Collectors: s.sched.Status(),
 		EventsDropped: s.sched.EventsDropped(), Sockets: s.sockets.Sockets(),
 	}
-	body.Problems = s.problems()
-	body.Healthy = len(body.Problems) == 0
-	if s.statsd != nil {
-		st := s.statsd.Stats()
+	probs := s.health.problems()
+	body.Health, _ = s.health.verdict(probs)
+	for _, p := range probs {
+		body.Problems = append(body.Problems, p.String())
+	}
+	if srv := s.statsd(); srv != nil {
+		st := srv.Stats()
 		body.StatsD = &st
 	}
 	if s.disp != nil {

@@ -14,7 +14,7 @@ import (
 type AgentOptions struct {
 	Sysfs, Procfs string
 	Scheduler     *Scheduler
-	StatsD        *statsd.Server // nil when StatsD is off
+	StatsD        func() *statsd.Server // nil, or returning nil, while StatsD is off or not yet listening
 	// Spool reports the store-and-forward queue's depth and the records it
 	// ever dropped; nil reports nothing.
 	Spool func() (depth, dropped uint64)
@@ -41,6 +41,13 @@ func NewAgent(opts AgentOptions) *Agent {
 // Name implements Collector.
 func (*Agent) Name() string { return "agent" }
 
+func (a *Agent) statsd() *statsd.Server {
+	if a.opts.StatsD == nil {
+		return nil
+	}
+	return a.opts.StatsD()
+}
+
 // Collect implements Collector.
 func (a *Agent) Collect(ctx context.Context, r *Report) error {
 	// runtime/metrics reads without stopping the world, unlike ReadMemStats.
@@ -65,8 +72,8 @@ func (a *Agent) Collect(ctx context.Context, r *Report) error {
 		}
 		r.Add("agent.events.dropped", float64(s.EventsDropped()))
 	}
-	if a.opts.StatsD != nil {
-		st := a.opts.StatsD.Stats()
+	if srv := a.statsd(); srv != nil {
+		st := srv.Stats()
 		r.Add("agent.statsd.datagrams", float64(st.Datagrams))
 		r.Add("agent.statsd.metrics", float64(st.Metrics))
 		r.Add("agent.statsd.series", float64(st.Series))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/seed69aca190/edgeagent/hal/disk"
@@ -131,14 +132,21 @@ func NewSmart(sysfs, procfs string, opts disk.Options, ctl disk.SmartCtl) *Smart
 // Name implements Collector.
 func (*Smart) Name() string { return "smart" }
 
-// Collect implements Collector.
+// Collect implements Collector. A disk whose health cannot be read
+// (smartctl missing, failing or timing out) fails the run: the agent is
+// degraded while it cannot tell a dying disk. Disks without SMART (virtual
+// ones) and disks in standby do not.
 func (s *Smart) Collect(ctx context.Context, r *Report) error {
 	disks, err := s.fs.Disks(s.opts)
+	var unreadable []string
 	for _, dk := range disks {
 		if dk.Kind != "disk" {
 			continue
 		}
 		h := s.ctl.Health(ctx, "/dev/"+dk.Name)
+		if h.Status == disk.SmartUnavailable {
+			unreadable = append(unreadable, dk.Name+": "+h.Reason)
+		}
 		dev := []string{"device", dk.Name}
 		switch h.Status {
 		case disk.SmartPassed:
@@ -173,6 +181,9 @@ func (s *Smart) Collect(ctx context.Context, r *Report) error {
 	}
 	if err != nil {
 		return fmt.Errorf("list disks: %w", err)
+	}
+	if len(unreadable) > 0 {
+		return fmt.Errorf("disk health unreadable: %s", strings.Join(unreadable, "; "))
 	}
 	return nil
 }

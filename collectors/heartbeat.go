@@ -10,28 +10,25 @@ import (
 
 // HeartbeatOptions configure the heartbeat.
 type HeartbeatOptions struct {
-	Node, Version, Slot, BootID string
-	Interval                    time.Duration
-	Seq                         *seqfile.Counter
-	Started                     time.Time
+	Node, Version, Slot, BootID, Instance string
+	Interval                              time.Duration
+	Seq                                   *seqfile.Counter
+	Started                               time.Time
 	// Spool reports the store-and-forward queue's depth and the records it
 	// ever dropped; nil reports zeros.
 	Spool func() (depth, dropped uint64)
+	// Health is the agent's one-word health and why; nil reports the
+	// collectors' own (Scheduler.Health).
+	Health func() (telemetry.Health, string)
 }
 
-// RunHeartbeat sends a heartbeat at once and then every interval, with the
-// scheduler's health, until ctx is cancelled. A beat whose sequence number
-// cannot be reserved on disk is skipped rather than sent with a number that
-// could repeat after a restart.
+// RunHeartbeat sends a heartbeat at once and then every interval until ctx
+// is cancelled.
 func (s *Scheduler) RunHeartbeat(ctx context.Context, opts HeartbeatOptions) {
 	tick := time.NewTicker(opts.Interval)
 	defer tick.Stop()
 	for {
-		if hb, err := s.heartbeat(opts); err != nil {
-			s.log.Error("heartbeat skipped", "err", err)
-		} else {
-			s.opts.Sink.Heartbeat(hb)
-		}
+		s.opts.Sink.Heartbeat(s.heartbeat(opts))
 		select {
 		case <-ctx.Done():
 			return
@@ -40,20 +37,20 @@ func (s *Scheduler) RunHeartbeat(ctx context.Context, opts HeartbeatOptions) {
 	}
 }
 
-func (s *Scheduler) heartbeat(opts HeartbeatOptions) (telemetry.Heartbeat, error) {
-	seq, err := opts.Seq.Next()
-	if err != nil {
-		return telemetry.Heartbeat{}, err
-	}
+func (s *Scheduler) heartbeat(opts HeartbeatOptions) telemetry.Heartbeat {
 	now := time.Now()
-	health, why := s.Health()
+	health := s.Health
+	if opts.Health != nil {
+		health = opts.Health
+	}
+	h, why := health()
 	hb := telemetry.Heartbeat{
-		Node: opts.Node, Seq: seq, Time: now, Version: opts.Version, Slot: opts.Slot,
-		UptimeSec: int64(now.Sub(opts.Started).Seconds()), BootID: opts.BootID,
-		LastCollect: s.LastSuccess(), Health: health, Why: why,
+		Node: opts.Node, Seq: opts.Seq.Next(), Time: now, Version: opts.Version, Slot: opts.Slot,
+		UptimeSec: int64(now.Sub(opts.Started).Seconds()), BootID: opts.BootID, Instance: opts.Instance,
+		LastCollect: s.LastSuccess(), Health: h, Why: why,
 	}
 	if opts.Spool != nil {
 		hb.SpoolDepth, hb.Dropped = opts.Spool()
 	}
-	return hb, nil
+	return hb
 }

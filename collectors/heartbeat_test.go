@@ -18,7 +18,7 @@ func TestHeartbeatSeqSurvivesRestart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "seq")
 	var all []telemetry.Heartbeat
 	for life := 0; life < 3; life++ {
-		seq, err := seqfile.Open(path, 1000)
+		seq, err := seqfile.Open(path, 1000, time.Now)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,6 +2,7 @@ package collectors
 
 import (
 	"context"
+	"errors"
 
 	"github.com/seed69aca190/edgeagent/hal/host"
 )
@@ -53,5 +54,12 @@ func (h *Host) Collect(ctx context.Context, r *Report) error {
 	for _, t := range s.Temperatures {
 		r.Add("host.temperature_celsius", t.Celsius, "sensor", t.Sensor)
 	}
+	if len(s.Temperatures) == 0 {
+		// Overheating is a storage appliance's classic silent killer: a box
+		// whose sensors cannot be read is degraded, not healthy.
+		err = errors.Join(err, errNoSensors)
+	}
 	return err
 }
+
+var errNoSensors = errors.New("no temperature sensor readable (no hwmon or thermal zone in sysfs)")

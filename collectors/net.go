@@ -11,29 +11,40 @@ import (
 // Net reports per-link state, rates, errors and drops, and passes link
 // changes on as events the moment netlink announces them.
 type Net struct {
-	r        *nic.Reader
+	opts     nic.Options
+	r        *nic.Reader // opened by the first run that can; only Collect uses it
 	prev     map[string]nic.Counters
 	prevTime time.Time
 }
 
-// NewNet opens the links of the namespace opts names (the agent's own when
-// empty).
-func NewNet(opts nic.Options) (*Net, error) {
-	r, err := nic.Open(opts)
-	if err != nil {
-		return nil, err
-	}
-	return &Net{r: r, prev: map[string]nic.Counters{}}, nil
+// NewNet returns the collector of the links of the namespace opts names
+// (the agent's own when empty). Netlink is opened by the runs, so a kernel
+// without it (or a namespace not there yet) fails the runs, not the start,
+// and every run tries again.
+func NewNet(opts nic.Options) *Net {
+	return &Net{opts: opts, prev: map[string]nic.Counters{}}
 }
 
 // Name implements Collector.
 func (*Net) Name() string { return "net" }
 
-// Close releases the netlink handle.
-func (n *Net) Close() error { return n.r.Close() }
+// Close releases the netlink handle, if open.
+func (n *Net) Close() error {
+	if n.r == nil {
+		return nil
+	}
+	return n.r.Close()
+}
 
 // Collect implements Collector.
 func (n *Net) Collect(ctx context.Context, r *Report) error {
+	if n.r == nil {
+		reader, err := nic.Open(n.opts)
+		if err != nil {
+			return err
+		}
+		n.r = reader
+	}
 	links, err := n.r.Links()
 	if err != nil {
 		return err
@@ -68,12 +79,18 @@ func (n *Net) Collect(ctx context.Context, r *Report) error {
 }
 
 // Watch implements Watcher: netlink link and address changes become events.
+// It watches on a netlink socket of its own.
 func (n *Net) Watch(ctx context.Context, emit func(telemetry.Event)) error {
+	r, err := nic.Open(n.opts)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	out := make(chan nic.Event, 64)
 	errc := make(chan error, 1)
-	go func() { errc <- n.r.Watch(ctx, out, nic.WatchOptions{}) }()
+	go func() { errc <- r.Watch(ctx, out, nic.WatchOptions{}) }()
 	for {
 		select {
 		case err := <-errc:

@@ -20,10 +20,7 @@ func TestLinkEventBeforeNextInterval(t *testing.T) {
 	testenv.Run(t, "ip", "-n", ns, "link", "set", "edge0", "up")
 	testenv.Run(t, "ip", "-n", ns, "link", "set", "edge1", "up")
 
-	n, err := NewNet(nic.Options{Namespace: "/var/run/netns/" + ns})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := NewNet(nic.Options{Namespace: "/var/run/netns/" + ns})
 	defer n.Close()
 	rec := &recorder{}
 	s := New(Options{Sink: rec, Log: quiet()})
@@ -63,10 +60,7 @@ func TestNetRatesFromRealTraffic(t *testing.T) {
 	testenv.Run(t, "ip", "-n", peer, "addr", "add", "198.18.7.2/24", "dev", "edge1")
 	testenv.Run(t, "ip", "-n", ns, "link", "set", "edge0", "up")
 	testenv.Run(t, "ip", "-n", peer, "link", "set", "edge1", "up")
-	n, err := NewNet(nic.Options{Namespace: "/var/run/netns/" + ns})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := NewNet(nic.Options{Namespace: "/var/run/netns/" + ns})
 	defer n.Close()
 	first := &Report{Time: time.Now()}
 	if err := n.Collect(context.Background(), first); err != nil {

@@ -2,7 +2,6 @@ package collectors
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -101,11 +100,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	for _, e := range s.entries {
 		wg.Go(func() { s.loop(ctx, e) })
 		if w, ok := e.c.(Watcher); ok {
-			wg.Go(func() {
-				if err := w.Watch(ctx, s.Event); err != nil && !errors.Is(err, context.Canceled) {
-					e.log.Error("watch stopped; changes show at the next collection", "err", err)
-				}
-			})
+			wg.Go(func() { s.watch(ctx, e, w) })
 		}
 	}
 	// Events held by the rate limiter go out as their subject may speak again.
@@ -121,6 +116,26 @@ func (s *Scheduler) Run(ctx context.Context) error {
 				s.opts.Sink.Event(e)
 			}
 		}
+	}
+}
+
+// watch keeps w watching until ctx ends: when the watch fails (its source
+// is missing or broke) it starts again after 1 s, then twice as long each
+// time up to 5 minutes; meanwhile changes show at the next collection.
+func (s *Scheduler) watch(ctx context.Context, e *entry, w Watcher) {
+	wait := time.Second
+	for {
+		err := w.Watch(ctx, s.Event)
+		if ctx.Err() != nil {
+			return
+		}
+		e.log.Warn("watch failed; changes show at the next collection until it works", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Minute)
 	}
 }
 

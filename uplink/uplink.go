@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -38,7 +39,11 @@ type Options struct {
 	InFlight           int           // publishes awaiting PUBACK; zero means 32
 	Spool              *spool.Spool
 	Seq                *seqfile.Counter
-	Log                *slog.Logger
+	// Stamp turns a time.Now reading into the time a message carries, and
+	// says whether the clock was unsynced (below the time floor); nil
+	// trusts the clock.
+	Stamp func(time.Time) (time.Time, bool)
+	Log   *slog.Logger
 	// OnCommand receives each well-formed request from the command topic, on
 	// the uplink's goroutine: it must not block.
 	OnCommand func(telemetry.Envelope)
@@ -53,7 +58,10 @@ type Status struct {
 	Published      uint64      `json:"published"` // records acknowledged by the broker
 	Malformed      uint64      `json:"malformed"` // messages received that did not decode
 	EncodeErrors   uint64      `json:"encode_errors"`
-	Spool          spool.Stats `json:"spool"`
+	// TLSError says why the TLS files could not be reloaded for the last
+	// connection attempt (the previous ones were used).
+	TLSError string      `json:"tls_error,omitempty"`
+	Spool    spool.Stats `json:"spool"`
 }
 
 // Uplink is the node's MQTT session. It implements collectors.Sink: what the
@@ -77,6 +85,7 @@ type Uplink struct {
 	broker         string
 	connectedSince time.Time
 	lastAck        time.Time
+	tlsErr         error
 
 	published, malformed, encodeErrors atomic.Uint64
 }
@@ -114,6 +123,9 @@ func New(opts Options) (*Uplink, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
+	if opts.Stamp == nil {
+		opts.Stamp = func(t time.Time) (time.Time, bool) { return t, false }
+	}
 	u := &Uplink{
 		opts: opts, log: opts.Log, state: "connecting",
 		wake: make(chan struct{}, 1), lost: make(chan error, 1),
@@ -128,9 +140,23 @@ func New(opts Options) (*Uplink, error) {
 		SetKeepAlive(opts.Keepalive).SetConnectTimeout(opts.ConnectTimeout).SetWriteTimeout(opts.PublishTimeout).
 		SetUsername(opts.Username).SetPassword(opts.Password)
 	if tlsConf, err := tlsConfig(opts); err != nil {
-		return nil, err
+		return nil, &TLSFilesError{err}
 	} else if tlsConf != nil {
 		co.SetTLSConfig(tlsConf)
+		// Files are read again before every connection attempt, so a
+		// renewed certificate is used without a restart; if they cannot be
+		// read then, the last good ones are.
+		co.SetConnectionAttemptHandler(func(_ *url.URL, last *tls.Config) *tls.Config {
+			conf, err := tlsConfig(opts)
+			u.mu.Lock()
+			u.tlsErr = err
+			u.mu.Unlock()
+			if err != nil {
+				u.log.Warn("TLS files unreadable; connecting with the ones read before", "err", err)
+				return last
+			}
+			return conf
+		})
 	}
 	will, err := u.envelope(telemetry.KindState, telemetry.State{State: "offline"})
 	if err != nil {
@@ -148,6 +174,17 @@ func New(opts Options) (*Uplink, error) {
 	return u, nil
 }
 
+// TLSFilesError is returned by New when TLS is configured and its files
+// cannot be read at start: without them the node could never reach its
+// broker, so the agent should not start.
+type TLSFilesError struct{ Err error }
+
+func (e *TLSFilesError) Error() string {
+	return "TLS is configured but its files cannot be read at start (the node could never reach its broker): " + e.Err.Error()
+}
+
+func (e *TLSFilesError) Unwrap() error { return e.Err }
+
 func tlsConfig(o Options) (*tls.Config, error) {
 	if o.CAFile == "" && o.CertFile == "" {
 		return nil, nil
@@ -156,17 +193,17 @@ func tlsConfig(o Options) (*tls.Config, error) {
 	if o.CAFile != "" {
 		pem, err := os.ReadFile(o.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("uplink: read ca_file: %w", err)
+			return nil, fmt.Errorf("uplink.ca_file: %w", err)
 		}
 		conf.RootCAs = x509.NewCertPool()
 		if !conf.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("uplink: ca_file %s holds no PEM certificate", o.CAFile)
+			return nil, fmt.Errorf("uplink.ca_file %s holds no PEM certificate", o.CAFile)
 		}
 	}
 	if o.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("uplink: client certificate: %w", err)
+			return nil, fmt.Errorf("uplink.cert_file/key_file: %w", err)
 		}
 		conf.Certificates = []tls.Certificate{cert}
 	}
@@ -179,14 +216,29 @@ func (u *Uplink) topic(suffix string) string {
 
 // envelope encodes an ephemeral message (state) with a fresh sequence number.
 func (u *Uplink) envelope(kind telemetry.Kind, body any) ([]byte, error) {
-	seq, err := u.opts.Seq.Next()
-	if err != nil {
-		return nil, err
-	}
+	h := u.header(kind, 0)
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	data, err := u.enc.Encode(telemetry.Header{Node: u.opts.Node, Seq: seq, Time: time.Now(), Kind: kind}, body)
+	data, err := u.enc.Encode(h, body)
 	return append([]byte(nil), data...), err
+}
+
+// header numbers (seq 0 takes a new number) and stamps a message made now.
+func (u *Uplink) header(kind telemetry.Kind, seq uint64) telemetry.Header {
+	if seq == 0 {
+		seq = u.opts.Seq.Next()
+	}
+	t, unsynced := u.opts.Stamp(time.Now())
+	return telemetry.Header{Node: u.opts.Node, Seq: seq, Time: t, Kind: kind, Unsynced: unsynced}
+}
+
+// stamp is the time a message carries for t, a time.Now reading.
+func (u *Uplink) stamp(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	t, _ = u.opts.Stamp(t)
+	return t
 }
 
 // onConnect runs on paho's goroutine: it subscribes and announces the node
@@ -206,39 +258,37 @@ func (u *Uplink) onConnect(c mqtt.Client) {
 
 // Batch implements collectors.Sink: batches wait for the next flush.
 func (u *Uplink) Batch(b telemetry.Batch) {
+	b.Time = u.stamp(b.Time)
 	u.mu.Lock()
 	u.pending = append(u.pending, b)
 	u.mu.Unlock()
 }
 
 // Event implements collectors.Sink: events are queued at once.
-func (u *Uplink) Event(e telemetry.Event) { u.queue("event", telemetry.KindEvent, 0, e) }
+func (u *Uplink) Event(e telemetry.Event) {
+	e.Time = u.stamp(e.Time)
+	u.queue("event", telemetry.KindEvent, 0, e)
+}
 
 // Heartbeat implements collectors.Sink; the heartbeat's own number is its
 // envelope's.
 func (u *Uplink) Heartbeat(h telemetry.Heartbeat) {
+	h.Time, h.LastCollect = u.stamp(h.Time), u.stamp(h.LastCollect)
 	u.queue("heartbeat", telemetry.KindHeartbeat, h.Seq, h)
 }
 
 // queue encodes a message and puts it in the spool. seq 0 takes a new one.
 func (u *Uplink) queue(suffix string, kind telemetry.Kind, seq uint64, body any) {
-	var err error
-	if seq == 0 {
-		if seq, err = u.opts.Seq.Next(); err != nil {
-			u.encodeErrors.Add(1)
-			u.log.Error("no sequence number; message not queued", "kind", kind, "err", err)
-			return
-		}
-	}
+	h := u.header(kind, seq)
 	u.mu.Lock()
-	data, err := u.enc.Encode(telemetry.Header{Node: u.opts.Node, Seq: seq, Time: time.Now(), Kind: kind}, body)
+	data, err := u.enc.Encode(h, body)
 	if err == nil {
-		err = u.opts.Spool.Put(seq, spool.Record{Topic: suffix, Payload: append([]byte(nil), data...), Queued: time.Now().Unix()})
+		err = u.opts.Spool.Put(h.Seq, spool.Record{Topic: suffix, Payload: append([]byte(nil), data...), Queued: time.Now().Unix()})
 	}
 	u.mu.Unlock()
 	if err != nil {
 		u.encodeErrors.Add(1)
-		u.log.Error("message not queued", "kind", kind, "seq", seq, "err", err)
+		u.log.Error("message not queued", "kind", kind, "seq", h.Seq, "err", err)
 		return
 	}
 	u.poke()
@@ -441,6 +491,7 @@ func (u *Uplink) stop(connected bool) error {
 // like any telemetry, so results produced while the broker is away wait in
 // the spool.
 func (u *Uplink) Result(r telemetry.CommandResult) {
+	r.Started = u.stamp(r.Started)
 	u.queue("cmd/result", telemetry.KindCommandResult, 0, r)
 }
 
@@ -467,6 +518,9 @@ func (u *Uplink) command(payload []byte) {
 func (u *Uplink) Status() Status {
 	u.mu.Lock()
 	st := Status{State: u.state, Broker: u.broker, ConnectedSince: u.connectedSince, LastAck: u.lastAck}
+	if u.tlsErr != nil {
+		st.TLSError = u.tlsErr.Error()
+	}
 	u.mu.Unlock()
 	if st.State != "connected" {
 		st.Broker, st.ConnectedSince = "", time.Time{}

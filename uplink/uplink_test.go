@@ -26,7 +26,7 @@ func newUplink(t *testing.T, broker string, dir string, tweak ...func(*Options))
 	if err != nil {
 		t.Fatal(err)
 	}
-	seq, err := seqfile.Open(filepath.Join(dir, "seq"), 100)
+	seq, err := seqfile.Open(filepath.Join(dir, "seq"), 100, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestFullSpoolDropCountReachesController(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seq, _ := seqfile.Open(filepath.Join(dir, "seq"), 1000)
+	seq, _ := seqfile.Open(filepath.Join(dir, "seq"), 1000, time.Now)
 	u, err := New(Options{Brokers: []string{m.URL}, Node: "node-a", TopicPrefix: "edge", Keepalive: 2 * time.Second,
 		ConnectTimeout: 500 * time.Millisecond, PublishTimeout: 2 * time.Second, Spool: sp, Seq: seq, Log: log})
 	if err != nil {
@@ -178,7 +178,7 @@ func TestFullSpoolDropCountReachesController(t *testing.T) {
 	if st.Dropped == 0 {
 		t.Fatalf("nothing dropped: %+v", st)
 	}
-	hbSeq, _ := seq.Next()
+	hbSeq := seq.Next()
 	u.Heartbeat(telemetry.Heartbeat{Node: "node-a", Seq: hbSeq, Time: time.Now(), Health: telemetry.Healthy,
 		SpoolDepth: uint64(st.Depth()), Dropped: st.Dropped})
 	m.Start()

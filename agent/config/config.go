@@ -57,6 +57,7 @@ type Node struct {
 type Log struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
+	Output string `yaml:"output"`
 }
 
 // Paths are every place on disk the agent reads or writes.
@@ -287,28 +288,4 @@ func Problems(err error) []Problem {
 		return ce.Problems
 	}
 	return nil
-}
-
-// NodeID returns node.id when set, else the first line of node.id_file
-// (/etc/machine-id), else the host name.
-func (c *Config) NodeID() (string, error) {
-	if c.Node.ID != "" {
-		return c.Node.ID, nil
-	}
-	id := ""
-	if data, err := os.ReadFile(c.Node.IDFile); err == nil {
-		id, _, _ = strings.Cut(strings.TrimSpace(string(data)), "\n")
-	}
-	source := c.Node.IDFile
-	if id == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return "", fmt.Errorf("node id: node.id is empty, %s is missing or empty, and the host name is unknown: %w", c.Node.IDFile, err)
-		}
-		id, source = h, "the host name"
-	}
-	if !ValidNodeID(id) {
-		return "", fmt.Errorf("node id %q from %s is not usable (%s); set node.id", id, source, nodeIDRule)
-	}
-	return id, nil
 }

@@ -1,8 +1,6 @@
 package config
 
 import (
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -69,11 +67,11 @@ func TestParseProblems(t *testing.T) {
 		want []string // each must appear in one problem line, in this order
 	}{
 		{"unknown key with suggestion", "log:\n  levle: debug\n",
-			[]string{`f.yaml:2: log.levle: unknown key; did you mean "log.level"? (allowed here: format, level)`}},
+			[]string{`f.yaml:2: log.levle: unknown key; did you mean "log.level"? (allowed here: format, level, output)`}},
 		{"unknown key found in another section", "keepalive: 10s\n",
 			[]string{`f.yaml:1: keepalive: unknown key; did you mean "uplink.keepalive"?`}},
 		{"unknown key without a near miss", "log:\n  colour: red\n",
-			[]string{`f.yaml:2: log.colour: unknown key (allowed here: format, level)`}},
+			[]string{`f.yaml:2: log.colour: unknown key (allowed here: format, level, output)`}},
 		{"bad enum", "log:\n  level: verbose\n",
 			[]string{`f.yaml:2: log.level: "verbose" is not allowed; want one of debug, info, warn, error`}},
 		{"duration without unit", "heartbeat:\n  interval: 10\n",
@@ -94,7 +92,7 @@ func TestParseProblems(t *testing.T) {
 			[]string{`uplink.brokers[1]: "http://b" is not allowed; want a URL with scheme`,
 				`uplink.brokers[2]: "tcp://b:0" is not allowed; want a port from 1 to 65535`}},
 		{"section given a scalar", "log: debug\n",
-			[]string{`f.yaml:1: log: "debug" is not a mapping of keys (allowed keys: level, format)`}},
+			[]string{`f.yaml:1: log: "debug" is not a mapping of keys (allowed keys: level, format, output)`}},
 		{"duplicate key", "log:\n  level: debug\n  level: info\n",
 			[]string{`f.yaml:3: log.level: set twice in the same mapping`}},
 		{"relative path", "paths:\n  state_dir: var/lib\n",
@@ -232,40 +230,6 @@ func TestByteSize(t *testing.T) {
 		if _, err := ParseByteSize(bad); err == nil {
 			t.Errorf("ParseByteSize(%q) succeeded", bad)
 		}
-	}
-}
-
-func TestNodeID(t *testing.T) {
-	dir := t.TempDir()
-	idFile := filepath.Join(dir, "machine-id")
-	c := Default()
-	c.Node.IDFile = idFile
-
-	if err := os.WriteFile(idFile, []byte("3d1219c7c4c5404aaa1f6d2a48adfda4\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if id, err := c.NodeID(); err != nil || id != "3d1219c7c4c5404aaa1f6d2a48adfda4" {
-		t.Errorf("from id_file: %q, %v", id, err)
-	}
-
-	c.Node.ID = "nas-01"
-	if id, _ := c.NodeID(); id != "nas-01" {
-		t.Errorf("node.id does not win over id_file: %q", id)
-	}
-
-	c.Node.ID = ""
-	c.Node.IDFile = filepath.Join(dir, "missing")
-	host, _ := os.Hostname()
-	if id, err := c.NodeID(); err != nil || id != host {
-		t.Errorf("fallback to host name %q: %q, %v", host, id, err)
-	}
-
-	if err := os.WriteFile(idFile, []byte("bad id/with slash\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c.Node.IDFile = idFile
-	if _, err := c.NodeID(); err == nil || !strings.Contains(err.Error(), "set node.id") {
-		t.Errorf("an unusable id from id_file was accepted: %v", err)
 	}
 }
 

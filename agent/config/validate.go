@@ -32,10 +32,13 @@ func (c *Config) Validate() error {
 	if c.Node.ID != "" && !ValidNodeID(c.Node.ID) {
 		v.bad("node.id", c.Node.ID, nodeIDRule)
 	}
-	v.absPath("node.id_file", c.Node.IDFile, false)
+	v.absPath("node.id_file", c.Node.IDFile, true)
 
 	v.oneOf("log.level", c.Log.Level, logLevels)
 	v.oneOf("log.format", c.Log.Format, logFormats)
+	if o := c.Log.Output; o != "stderr" && o != "syslog" && !filepath.IsAbs(o) {
+		v.bad("log.output", o, "stderr, syslog or an absolute file path")
+	}
 
 	v.absPath("paths.state_dir", c.Paths.StateDir, false)
 	v.absPath("paths.spool_dir", c.Paths.SpoolDir, true)

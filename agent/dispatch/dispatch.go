@@ -6,14 +6,12 @@ package dispatch
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,7 +36,11 @@ type Options struct {
 	OutputLimit    int           // bytes kept of stdout and of stderr; zero means 64 KiB
 	DefaultTimeout time.Duration // zero means 60 s
 	MaxTimeout     time.Duration // a request may not ask for more; zero means 1 h
-	Builtins       map[string]Builtin
+	// Now is the time expiries are judged by: the node's time floor, which
+	// never reads earlier than the build date or the last persisted time,
+	// so a clock at 1970 does not revive expired requests. Nil: time.Now.
+	Now      func() time.Time
+	Builtins map[string]Builtin
 	Result         func(telemetry.CommandResult) // where results go (the uplink)
 	Log            *slog.Logger
 }
@@ -47,16 +49,19 @@ type Options struct {
 type Dispatcher struct {
 	opts  Options
 	queue chan telemetry.Command
+	cache *cache
 
 	mu      sync.Mutex
 	pending map[string]bool // ids queued or running
+	fault   error           // why a request could not be marked as running
 
 	refused atomic.Uint64
 }
 
 // New returns a dispatcher; results of requests interrupted by the previous
-// process's end are sent now, as failed.
-func New(opts Options) (*Dispatcher, error) {
+// process's end are sent now, as failed. A cache directory that cannot be
+// made or written leaves the cache in memory, and Fault says so.
+func New(opts Options) *Dispatcher {
 	if opts.CacheSize <= 0 {
 		opts.CacheSize = 1000
 	}
@@ -78,12 +83,28 @@ func New(opts Options) (*Dispatcher, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	if err := os.MkdirAll(opts.CacheDir, 0o750); err != nil {
-		return nil, fmt.Errorf("command cache: %w", err)
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
 	d := &Dispatcher{opts: opts, queue: make(chan telemetry.Command, opts.Queue), pending: map[string]bool{}}
+	if err := os.MkdirAll(opts.CacheDir, 0o750); err != nil {
+		d.fault = fmt.Errorf("command cache: %w", err)
+		opts.Log.Warn("command cache not persisted", "err", err)
+	}
+	d.cache = openCache(opts.CacheDir, opts.CacheSize, opts.Now)
 	d.interrupted()
-	return d, nil
+	return d
+}
+
+// Fault says why requests and their results are not persisted now (a
+// repeat after a restart could run again), or nil.
+func (d *Dispatcher) Fault() error {
+	if err := d.cache.err(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fault
 }
 
 // Refused counts requests refused (malformed, expired, another node's,
@@ -98,7 +119,7 @@ func (d *Dispatcher) Handle(env telemetry.Envelope) {
 		d.refuse(telemetry.Command{}, "malformed request: "+err.Error())
 		return
 	}
-	now := time.Now()
+	now := d.opts.Now()
 	switch {
 	case c.ID == "" || len(c.ID) > 128:
 		d.refuse(c, "malformed request: the id must be 1 to 128 bytes")
@@ -107,7 +128,7 @@ func (d *Dispatcher) Handle(env telemetry.Envelope) {
 		d.refuse(c, fmt.Sprintf("request for node %q refused by node %q", c.Node, d.opts.Node))
 		return
 	}
-	if res, ok := d.cached(c.ID); ok {
+	if res, ok := d.cache.get(c.ID); ok {
 		res.Cached = true
 		d.opts.Log.Info("repeated command answered from the cache", "id", c.ID, "name", c.Name)
 		d.opts.Result(res)
@@ -115,7 +136,8 @@ func (d *Dispatcher) Handle(env telemetry.Envelope) {
 	}
 	switch {
 	case !c.ExpiresAt.IsZero() && now.After(c.ExpiresAt):
-		d.refuse(c, fmt.Sprintf("request expired at %s", c.ExpiresAt.UTC().Format(time.RFC3339)))
+		d.refuse(c, fmt.Sprintf("request expired at %s; the node's time is %s", c.ExpiresAt.UTC().Format(time.RFC3339),
+			now.UTC().Format(time.RFC3339)))
 		return
 	case time.Duration(c.TimeoutSec)*time.Second > d.opts.MaxTimeout:
 		d.refuse(c, fmt.Sprintf("timeout %ds exceeds the node's limit of %s", c.TimeoutSec, d.opts.MaxTimeout))
@@ -171,10 +193,15 @@ func (d *Dispatcher) execute(ctx context.Context, c telemetry.Command) {
 		d.mu.Unlock()
 	}()
 	// Marked before it runs: should the agent die now, the restarted one
-	// reports the request as interrupted instead of running it again.
-	if err := atomicfile.WriteFile(d.path(c.ID, ".running"), []byte(c.ID), 0o640); err != nil {
-		d.refuse(c, "cannot record the request before running it: "+err.Error())
-		return
+	// reports the request as interrupted instead of running it again. A
+	// state directory that cannot be written does not stop the request.
+	marker := d.marker(c.ID)
+	err := atomicfile.WriteFile(marker, fmt.Appendf(nil, "%s\n%d\n", c.ID, unixOrZero(c.ExpiresAt)), 0o640)
+	d.mu.Lock()
+	d.fault = err
+	d.mu.Unlock()
+	if err != nil {
+		d.opts.Log.Warn("request not marked as running; a restart now would not know it ran", "id", c.ID, "err", err)
 	}
 	timeout := d.opts.DefaultTimeout
 	if c.TimeoutSec > 0 {
@@ -194,8 +221,8 @@ func (d *Dispatcher) execute(ctx context.Context, c telemetry.Command) {
 	res.ID = c.ID
 	d.opts.Log.Info("command done", "id", c.ID, "name", c.Name, "status", res.Status, "exit", res.ExitCode,
 		"ms", res.DurationMs, "reason", res.Reason)
-	d.store(res)
-	os.Remove(d.path(c.ID, ".running"))
+	d.cache.put(d.opts.Node, res, c.ExpiresAt)
+	os.Remove(marker)
 	d.opts.Result(res)
 }
 
@@ -218,55 +245,9 @@ func (d *Dispatcher) builtin(ctx context.Context, b Builtin, args []string) tele
 	return res
 }
 
-// path names a request's cache file: a hash, so an id can never be a path.
-func (d *Dispatcher) path(id, suffix string) string {
-	sum := sha256.Sum256([]byte(id))
-	return filepath.Join(d.opts.CacheDir, hex.EncodeToString(sum[:16])+suffix)
-}
-
-func (d *Dispatcher) cached(id string) (telemetry.CommandResult, bool) {
-	data, err := os.ReadFile(d.path(id, ".result"))
-	if err != nil {
-		return telemetry.CommandResult{}, false
-	}
-	env, err := telemetry.Decode(data)
-	var res telemetry.CommandResult
-	if err == nil {
-		err = env.DecodeBody(&res)
-	}
-	return res, err == nil && res.ID == id
-}
-
-// store keeps a result for repeats, durably, and forgets the oldest beyond
-// CacheSize.
-func (d *Dispatcher) store(res telemetry.CommandResult) {
-	var e telemetry.Encoder
-	data, err := e.Encode(telemetry.Header{Node: d.opts.Node, Seq: 0, Time: time.Now(), Kind: telemetry.KindCommandResult}, res)
-	if err == nil {
-		err = atomicfile.WriteFile(d.path(res.ID, ".result"), data, 0o640)
-	}
-	if err != nil {
-		d.opts.Log.Error("command result not cached; a repeat would run again", "id", res.ID, "err", err)
-		return
-	}
-	entries, err := os.ReadDir(d.opts.CacheDir)
-	if err != nil || len(entries) <= d.opts.CacheSize {
-		return
-	}
-	type aged struct {
-		name string
-		mod  time.Time
-	}
-	var results []aged
-	for _, e := range entries {
-		if fi, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".result") {
-			results = append(results, aged{e.Name(), fi.ModTime()})
-		}
-	}
-	slices.SortFunc(results, func(a, b aged) int { return a.mod.Compare(b.mod) })
-	for _, r := range results[:max(0, len(results)-d.opts.CacheSize)] {
-		os.Remove(filepath.Join(d.opts.CacheDir, r.name))
-	}
+// marker names the file that says a request is running.
+func (d *Dispatcher) marker(id string) string {
+	return filepath.Join(d.opts.CacheDir, hashID(id)+".running")
 }
 
 // interrupted answers requests that were running when the previous process
@@ -274,13 +255,18 @@ func (d *Dispatcher) store(res telemetry.CommandResult) {
 func (d *Dispatcher) interrupted() {
 	matches, _ := filepath.Glob(filepath.Join(d.opts.CacheDir, "*.running"))
 	for _, m := range matches {
-		id, err := os.ReadFile(m)
+		data, err := os.ReadFile(m)
 		if err != nil {
 			continue
 		}
-		res := telemetry.CommandResult{ID: string(id), Status: telemetry.StatusFailed, ExitCode: -1,
+		id, rest, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+		var expires time.Time
+		if sec, err := strconv.ParseInt(rest, 10, 64); err == nil && sec != 0 {
+			expires = time.Unix(sec, 0)
+		}
+		res := telemetry.CommandResult{ID: id, Status: telemetry.StatusFailed, ExitCode: -1,
 			Reason: "the agent stopped while this request ran; it is not run again"}
-		d.store(res)
+		d.cache.put(d.opts.Node, res, expires)
 		os.Remove(m)
 		d.opts.Result(res)
 	}

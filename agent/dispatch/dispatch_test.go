@@ -30,9 +30,14 @@ type harness struct {
 }
 
 func newHarness(t *testing.T, plugins, cache string) *harness {
+	return newHarnessAt(t, plugins, cache, time.Now)
+}
+
+// newHarnessAt judges expiry by now, as the agent's time floor gives it.
+func newHarnessAt(t *testing.T, plugins, cache string, now func() time.Time) *harness {
 	t.Helper()
 	h := &harness{t: t, plugins: plugins, cache: cache, results: map[string][]telemetry.CommandResult{}}
-	d, err := New(Options{Node: "node-a", PluginDir: plugins, CacheDir: cache, DefaultTimeout: 5 * time.Second,
+	d := New(Options{Node: "node-a", PluginDir: plugins, CacheDir: cache, DefaultTimeout: 5 * time.Second, Now: now,
 		Builtins: map[string]Builtin{"ping": func(context.Context, []string) ([]byte, error) { return []byte("pong\n"), nil }},
 		Result: func(r telemetry.CommandResult) {
 			h.mu.Lock()
@@ -40,9 +45,6 @@ func newHarness(t *testing.T, plugins, cache string) *harness {
 			h.mu.Unlock()
 		},
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
 	h.d = d
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -324,10 +326,8 @@ func TestInterruptedRequestIsNotRerun(t *testing.T) {
 	plugin(t, dir, "slow", "sleep 1000")
 	cache := t.TempDir()
 	// As if the previous agent died while the request ran.
-	h := &harness{t: t}
 	d := &Dispatcher{opts: Options{CacheDir: cache}}
-	h.d = d
-	if err := os.WriteFile(d.path("lost", ".running"), []byte("lost"), 0o640); err != nil {
+	if err := os.WriteFile(d.marker("lost"), []byte("lost\n0\n"), 0o640); err != nil {
 		t.Fatal(err)
 	}
 	h2 := newHarness(t, dir, cache)

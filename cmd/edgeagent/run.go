@@ -29,7 +29,7 @@ const defaultConfigPath = "/etc/edgeagent/config.yaml"
 
 // runOverrides maps each flag of "run" to the config key it sets.
 var runOverrides = []struct{ flag, key, help string }{
-	{"node-id", "node.id", "node identity (default: /etc/machine-id, then the host name)"},
+	{"node-id", "node.id", "node identity (default: node.id_file, else the id generated once and kept in the state directory)"},
 	{"broker", "uplink.brokers", "MQTT broker URL; comma-separated for failover"},
 	{"state-dir", "paths.state_dir", "directory for everything the agent writes"},
 	{"statsd", "statsd.listen", "StatsD listen address (host:port or unix:PATH; empty disables)"},
@@ -71,11 +71,16 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := agent.New(cfg, stderr).Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	err = agent.New(cfg, stderr).Run(ctx)
+	switch {
+	case err == nil || errors.Is(err, context.Canceled):
+		return cli.ExitOK
+	case errors.Is(err, agent.ErrUnusable):
 		fmt.Fprintf(stderr, "edgeagent run: %v\n", err)
-		return cli.ExitFailure
+		return cli.ExitUsage
 	}
-	return cli.ExitOK
+	fmt.Fprintf(stderr, "edgeagent run: %v\n", err)
+	return cli.ExitFailure
 }
 
 // loadConfig loads the config file; when the path was not given explicitly and

@@ -11,6 +11,7 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+	"time"
 )
 
 // Stamped at link time by scripts/build (-ldflags -X).
@@ -30,6 +31,20 @@ type Info struct {
 	GOARCH    string `json:"goarch"`
 	GOARM     string `json:"goarm,omitempty"`
 	GoVersion string `json:"go_version"`
+}
+
+// sourceDate is a day this source is known to postdate: the build date of a
+// build that was not stamped (a plain go build), for the time floor.
+const sourceDate = "2026-11-23T00:00:00Z"
+
+// Built returns when the binary was built (the stamped commit date, or
+// sourceDate when unstamped): no clock reading before it can be true.
+func (i Info) Built() time.Time {
+	if t, err := time.Parse(time.RFC3339, i.Date); err == nil {
+		return t
+	}
+	t, _ := time.Parse(time.RFC3339, sourceDate)
+	return t
 }
 
 // Read returns the build information of the running binary.

@@ -6,23 +6,25 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/seed69aca190/edgeagent/internal/testenv"
 )
+
+// floor is a time floor as a node at 1970 has it: its build date.
+func floor() time.Time { return time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC) }
 
 func TestNeverBackwardsAcrossReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "seq")
 	var last uint64
 	writes := 0
 	for run := 0; run < 5; run++ {
-		c, err := Open(path, 100)
+		c, err := Open(path, 100, floor)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for i := 0; i < 250; i++ {
 			before, _ := os.ReadFile(path)
-			n, err := c.Next()
-			if err != nil {
-				t.Fatal(err)
-			}
+			n := c.Next()
 			if n <= last {
 				t.Fatalf("run %d: got %d after %d", run, n, last)
 			}
@@ -39,20 +41,111 @@ func TestNeverBackwardsAcrossReopen(t *testing.T) {
 	}
 }
 
-func TestCorruptFileResumesFromClock(t *testing.T) {
+// TestCorruptFileResumesAboveTheFloor: a node at 1970 whose sequence file is
+// corrupt resumes from its time floor, not from its clock (which would be
+// below numbers already sent), and twice in a row still goes forward, also
+// when the floor it had persisted lags by most of an hour.
+func TestCorruptFileResumesAboveTheFloor(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "seq")
-	if err := os.WriteFile(path, []byte("garbage\x00"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c, err := Open(path, 10)
+	corrupt := func() { os.WriteFile(path, []byte("garbage\x00"), 0o600) }
+	corrupt()
+	c, err := Open(path, 10, floor)
 	if !errors.Is(err, ErrRecovered) {
 		t.Fatalf("err = %v, want ErrRecovered", err)
 	}
-	n, err := c.Next()
+	first := c.Next()
+	if min := uint64(floor().UnixMilli()); first < min {
+		t.Fatalf("resumed at %d, below the floor %d", first, min)
+	}
+	var last uint64
+	for range 5000 { // a busy hour
+		last = c.Next()
+	}
+	corrupt()
+	lagging := func() time.Time { return floor().Add(10 * time.Minute) }
+	c, _ = Open(path, 10, lagging)
+	if n := c.Next(); n <= last {
+		t.Fatalf("second recovery resumed at %d, not above %d already sent", n, last)
+	}
+}
+
+func mount(t *testing.T, args ...string) {
+	t.Helper()
+	testenv.Run(t, "mount", args...)
+}
+
+// TestFullFilesystem fills the partition holding the file: reservations go
+// on by overwriting the file in place, and a reopen resumes above them.
+func TestFullFilesystem(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	mount(t, "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir)
+	t.Cleanup(func() { testenv.Run(t, "umount", "-l", dir) })
+	path := filepath.Join(dir, "seq")
+	c, err := Open(path, 10, floor)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if floor := uint64(time.Now().Add(-time.Minute).UnixMilli()); n < floor {
-		t.Errorf("resumed at %d, want at least the clock floor %d", n, floor)
+	filler, _ := os.Create(filepath.Join(dir, "filler"))
+	for _, err := filler.Write(make([]byte, 4096)); err == nil; _, err = filler.Write(make([]byte, 4096)) {
+	}
+	filler.Close()
+	if err := os.WriteFile(filepath.Join(dir, "probe"), []byte("x"), 0o600); err == nil {
+		t.Fatal("the filesystem is not full")
+	}
+	var last uint64
+	for range 35 {
+		last = c.Next()
+	}
+	if err := c.Fault(); err != nil {
+		t.Fatalf("fault on a full filesystem: %v", err)
+	}
+	c, err = Open(path, 10, floor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Next(); n <= last || n > last+10 {
+		t.Fatalf("reopened at %d after %d: the in-place reservations were not persisted", n, last)
+	}
+}
+
+// TestReadOnlyFilesystem: numbering goes on in memory with a fault, above
+// anything the file knew, and is persisted again once the filesystem is
+// writable.
+func TestReadOnlyFilesystem(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "seq")
+	c, _ := Open(path, 10, floor)
+	for range 25 {
+		c.Next()
+	}
+	mount(t, "--bind", dir, dir)
+	t.Cleanup(func() { testenv.Run(t, "umount", "-l", dir) })
+	mount(t, "-o", "remount,bind,ro", dir)
+
+	c, err := Open(path, 10, floor)
+	if !errors.Is(err, ErrRecovered) {
+		t.Fatalf("err = %v, want ErrRecovered", err)
+	}
+	c.retry = 0
+	first := c.Next()
+	if first < uint64(floor().UnixMilli()) {
+		t.Fatalf("on a read-only file numbering resumed at %d, not above the floor", first)
+	}
+	if c.Fault() == nil {
+		t.Fatal("no fault while the file cannot be written")
+	}
+	mount(t, "-o", "remount,bind,rw", dir)
+	for range 20 {
+		c.Next()
+	}
+	if err := c.Fault(); err != nil {
+		t.Fatalf("still failing after the remount: %v", err)
+	}
+	last := c.Next()
+	c, _ = Open(path, 10, floor)
+	if n := c.Next(); n <= last {
+		t.Fatalf("reopened at %d after %d", n, last)
 	}
 }

@@ -129,7 +129,7 @@ func flush(t time.Time) []telemetry.Batch {
 }
 
 func newUplink(dir, url string, sp *spool.Spool, flushEvery time.Duration, log *slog.Logger) (*uplink.Uplink, error) {
-	seq, err := seqfile.Open(filepath.Join(dir, "seq"), 100000)
+	seq, err := seqfile.Open(filepath.Join(dir, "seq"), 100000, time.Now)
 	if err != nil {
 		return nil, err
 	}

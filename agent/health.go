@@ -1,0 +1,167 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/seed69aca190/edgeagent/collectors"
+	"github.com/seed69aca190/edgeagent/telemetry"
+)
+
+// problem is one part of the agent that does not work.
+type problem struct {
+	part   string // "statsd", "clock", "collector net", …
+	reason string
+	// unhealthy: without this part the agent cannot do its job (it is about
+	// to lose data). Everything else only degrades it.
+	unhealthy bool
+}
+
+func (p problem) String() string { return p.part + ": " + p.reason }
+
+// health is the agent's verdict on itself, part by part. An optional part
+// that is missing or failing makes the agent degraded with its reason; only
+// what stops it doing its job makes it unhealthy. Parts report either by set
+// (what the wiring learns once: a listener that cannot bind yet) or through
+// probes, read whenever the verdict is asked for.
+type health struct {
+	sched *collectors.Scheduler
+	log   *slog.Logger
+
+	mu     sync.Mutex
+	set    map[string]problem
+	probes []func() []problem
+	last   map[string]telemetry.Health // per part, for the events on changes
+}
+
+func newHealth(sched *collectors.Scheduler, log *slog.Logger) *health {
+	return &health{sched: sched, log: log, set: map[string]problem{}, last: map[string]telemetry.Health{}}
+}
+
+// degrade records that part does not work, and why; an empty reason says it
+// works (again).
+func (h *health) degrade(part, reason string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if reason == "" {
+		delete(h.set, part)
+		return
+	}
+	h.set[part] = problem{part: part, reason: reason}
+}
+
+// probe adds a source of problems read at every check.
+func (h *health) probe(f func() []problem) {
+	h.mu.Lock()
+	h.probes = append(h.probes, f)
+	h.mu.Unlock()
+}
+
+// problems lists what does not work now, by part. Failing collectors are
+// among them (the scheduler raises their events itself).
+func (h *health) problems() []problem {
+	h.mu.Lock()
+	out := make([]problem, 0, len(h.set))
+	for _, p := range h.set {
+		out = append(out, p)
+	}
+	probes := slices.Clone(h.probes)
+	h.mu.Unlock()
+	for _, f := range probes {
+		out = append(out, f()...)
+	}
+	for _, st := range h.sched.Status() {
+		switch {
+		case st.Stuck:
+			out = append(out, problem{part: "collector " + st.Name, reason: "stuck past its " + st.Timeout.String() + " timeout"})
+		case st.LastError != "":
+			out = append(out, problem{part: "collector " + st.Name, reason: st.LastError})
+		}
+	}
+	slices.SortFunc(out, func(a, b problem) int { return strings.Compare(a.part, b.part) })
+	return out
+}
+
+// verdict sums problems up in one word and the reasons, "; " between them.
+func (h *health) verdict(probs []problem) (telemetry.Health, string) {
+	if len(probs) == 0 {
+		if st, why := h.sched.Health(); st == telemetry.Starting {
+			return st, why
+		}
+		return telemetry.Healthy, ""
+	}
+	word := telemetry.Degraded
+	reasons := make([]string, len(probs))
+	for i, p := range probs {
+		if p.unhealthy {
+			word = telemetry.Unhealthy
+		}
+		reasons[i] = p.String()
+	}
+	return word, strings.Join(reasons, "; ")
+}
+
+// summary is the verdict now: what the heartbeat carries.
+func (h *health) summary() (telemetry.Health, string) { return h.verdict(h.problems()) }
+
+// watch raises an event, once, when a part (other than a collector, whose
+// events come from the scheduler) becomes degraded or unhealthy or recovers,
+// checking every interval until ctx ends.
+func (h *health) watch(ctx context.Context, every time.Duration, event func(telemetry.Event)) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		h.check(event)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (h *health) check(event func(telemetry.Event)) {
+	now := map[string]problem{}
+	for _, p := range h.problems() {
+		if !strings.HasPrefix(p.part, "collector ") {
+			now[p.part] = p
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for part, p := range now {
+		word := telemetry.Degraded
+		if p.unhealthy {
+			word = telemetry.Unhealthy
+		}
+		old, seen := h.last[part]
+		if seen && old == word {
+			continue
+		}
+		if !seen {
+			old = telemetry.Healthy
+		}
+		h.last[part] = word
+		sev := telemetry.Warning
+		if p.unhealthy {
+			sev = telemetry.Critical
+		}
+		h.log.Warn("agent "+string(word), "part", part, "reason", p.reason)
+		event(telemetry.Event{Time: time.Now(), Severity: sev, Kind: "agent", Subject: part, Old: string(old), New: string(word),
+			Message: fmt.Sprintf("%s %s: %s", part, word, p.reason)})
+	}
+	for part, old := range h.last {
+		if _, still := now[part]; still {
+			continue
+		}
+		delete(h.last, part)
+		h.log.Info("agent part recovered", "part", part)
+		event(telemetry.Event{Time: time.Now(), Severity: telemetry.Info, Kind: "agent", Subject: part, Old: string(old),
+			New: string(telemetry.Healthy), Message: part + " works again"})
+	}
+}

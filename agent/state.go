@@ -1,0 +1,253 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/seed69aca190/edgeagent/agent/config"
+	"github.com/seed69aca190/edgeagent/internal/atomicfile"
+	"github.com/seed69aca190/edgeagent/internal/seqfile"
+	"github.com/seed69aca190/edgeagent/internal/timefloor"
+)
+
+// ErrUnusable wraps what makes the agent useless, so that it must not start:
+// no state directory at all, TLS configured without its files.
+var ErrUnusable = errors.New("cannot start")
+
+// state is what the agent keeps in its state directory: the lock, the time
+// floor, the node id and the sequence. The directory may turn out read-only
+// or full (a failing SD card remounted read-only, a filled data partition):
+// the agent then runs from memory and says what is not persisted.
+type state struct {
+	dir   string
+	lock  *os.File
+	floor *timefloor.Floor
+	seq   *seqfile.Counter
+	node  string
+	log   *slog.Logger
+
+	mu        sync.Mutex
+	unsaved   map[string]error // what could not be persisted, and why
+	generated bool             // node was generated here and must be persisted
+}
+
+// seqBlock sequence numbers are reserved per write of the sequence file: at
+// one heartbeat per 10 s that is one flash write every 2¾ hours.
+const seqBlock = 1000
+
+// floorEvery is how often the time floor is persisted (and when the clock
+// first reads synced): the floor lags the real time by at most this much
+// after a power cut.
+const floorEvery = time.Hour
+
+func openState(cfg *config.Config, built time.Time, log *slog.Logger) (*state, error) {
+	s := &state{dir: cfg.Paths.StateDir, log: log, unsaved: map[string]error{}}
+	if err := os.MkdirAll(s.dir, 0o750); err != nil {
+		if _, serr := os.Stat(s.dir); serr != nil {
+			return nil, fmt.Errorf("%w: state directory %s does not exist and cannot be created: %v", ErrUnusable, s.dir, err)
+		}
+	}
+	if err := s.lockDir(); err != nil {
+		return nil, err
+	}
+	floor, err := timefloor.Open(filepath.Join(s.dir, "clock"), built)
+	if err != nil {
+		log.Warn("persisted time floor unreadable; the build date is the floor", "err", err)
+	}
+	s.floor = floor
+	if err := s.nodeID(cfg); err != nil {
+		s.close()
+		return nil, err
+	}
+	seq, err := seqfile.Open(filepath.Join(s.dir, "seq"), seqBlock, floor.Now)
+	if err != nil {
+		log.Warn("sequence resumes from the time floor", "err", err)
+	}
+	s.seq = seq
+	s.save()
+	return s, nil
+}
+
+// lockDir takes an exclusive lock on the state directory itself, so that two
+// agents never share sequence numbers or a spool; a lock on the directory
+// works also when it is read-only. The pid goes into edgeagent.lock.
+func (s *state) lockDir() error {
+	d, err := os.Open(s.dir)
+	if err != nil {
+		return fmt.Errorf("%w: open state directory: %v", ErrUnusable, err)
+	}
+	if err := syscall.Flock(int(d.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		d.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			holder, _ := os.ReadFile(filepath.Join(s.dir, "edgeagent.lock"))
+			return fmt.Errorf("state dir %s is in use by another edgeagent (pid %s)", s.dir, strings.TrimSpace(string(holder)))
+		}
+		return fmt.Errorf("lock %s: %w", s.dir, err)
+	}
+	s.lock = d
+	if err := os.WriteFile(filepath.Join(s.dir, "edgeagent.lock"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o640); err != nil {
+		s.log.Warn("state directory not writable", "dir", s.dir, "err", err)
+	}
+	return nil
+}
+
+func (s *state) close() {
+	if s.lock != nil {
+		s.lock.Close()
+	}
+}
+
+// nodeID decides the node id: node.id (config or flag) wins; then the
+// provisioned node.id_file; then the id generated on the first start and
+// kept in the state directory. Never the host name alone: appliances of one
+// image share it, and two nodes under one id kick each other off the broker.
+func (s *state) nodeID(cfg *config.Config) error {
+	if cfg.Node.ID != "" {
+		s.node = cfg.Node.ID
+		return nil
+	}
+	if f := cfg.Node.IDFile; f != "" {
+		id, err := readID(f)
+		switch {
+		case err == nil:
+			s.node = id
+			return nil
+		case !errors.Is(err, fs.ErrNotExist):
+			return fmt.Errorf("%w: node.id_file: %v", ErrUnusable, err)
+		}
+		s.log.Warn("node.id_file is missing; using the id kept in the state directory", "file", f)
+	}
+	path := filepath.Join(s.dir, "node-id")
+	id, err := readID(path)
+	if err == nil {
+		s.node = id
+		return nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		s.log.Warn("kept node id unusable; generating another", "err", err)
+	}
+	s.node, s.generated = generateID(), true
+	s.log.Info("node id generated", "node", s.node, "file", path)
+	return nil
+}
+
+// readID reads the first line of path as a node id.
+func readID(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	data, _ := io.ReadAll(io.LimitReader(f, 256))
+	id, _, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+	if !config.ValidNodeID(id) {
+		return "", fmt.Errorf("%s holds %.70q, not a node id", path, id)
+	}
+	return id, nil
+}
+
+var unsafeHostChars = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+// generateID makes an id unique in any fleet (48 random bits) that an
+// operator can still recognise: the host name, then the random part.
+func generateID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	random := hex.EncodeToString(b[:])
+	host, _ := os.Hostname()
+	host = strings.Trim(unsafeHostChars.ReplaceAllString(host, "-"), "-._")
+	if host == "" || host == "localhost" {
+		host = "node"
+	}
+	return host[:min(len(host), 64-1-len(random))] + "-" + random
+}
+
+// save persists what is due: a generated node id not yet written, and the
+// time floor (hourly, and at once when the clock first reads synced). What
+// cannot be written is remembered for the health report and tried again at
+// the next save.
+func (s *state) save() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.generated {
+		err := atomicfile.WriteFile(filepath.Join(s.dir, "node-id"), []byte(s.node+"\n"), 0o640)
+		s.generated = err != nil
+		s.setUnsaved("node id", err)
+	}
+	_, err := s.floor.Save(floorEvery)
+	s.setUnsaved("time floor", err)
+}
+
+func (s *state) setUnsaved(what string, err error) {
+	if err == nil {
+		delete(s.unsaved, what)
+		return
+	}
+	if s.unsaved[what] == nil {
+		s.log.Warn(what+" not persisted", "err", err)
+	}
+	s.unsaved[what] = err
+}
+
+// run saves every minute (the floor's own cadence decides when it writes)
+// until ctx ends, and once more then.
+func (s *state) run(ctx context.Context) {
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.save()
+			return
+		case <-tick.C:
+			s.save()
+		}
+	}
+}
+
+// problems reports what is not persisted, as one part, and the clock when
+// it reads below the floor.
+func (s *state) problems() []problem {
+	var out []problem
+	if !s.floor.Synced() {
+		out = append(out, problem{part: "clock", reason: fmt.Sprintf("reads %s, below the time floor; times sent are estimates from %s",
+			time.Now().UTC().Format(time.RFC3339), s.floor.Now().UTC().Format(time.RFC3339))})
+	}
+	s.mu.Lock()
+	var what []string
+	var first error
+	for _, w := range []string{"node id", "time floor"} {
+		if err := s.unsaved[w]; err != nil {
+			what, first = append(what, w), cmpOr(first, err)
+		}
+	}
+	s.mu.Unlock()
+	if err := s.seq.Fault(); err != nil {
+		what, first = append(what, "sequence numbers (a crash now could repeat them)"), cmpOr(first, err)
+	}
+	if len(what) > 0 {
+		out = append(out, problem{part: "state", reason: fmt.Sprintf("not persisted in %s: %s; %v", s.dir, strings.Join(what, ", "), first)})
+	}
+	return out
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
