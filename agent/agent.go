@@ -34,7 +34,7 @@ type Agent struct {
 	cfg      *config.Config
 	log      *slog.Logger
 	level    *slog.LevelVar
-	logFault string                         // why log.output could not be used; stderr serves instead
+	logFault string                        // why log.output could not be used; stderr serves instead
 	statsd   atomic.Pointer[statsd.Server] // nil until its socket is bound, or when StatsD is off
 }
 

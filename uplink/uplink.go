@@ -51,13 +51,13 @@ type Options struct {
 
 // Status is the uplink as /status shows it.
 type Status struct {
-	State          string      `json:"state"` // connecting, connected, disconnected, stopped
-	Broker         string      `json:"broker,omitempty"`
-	ConnectedSince time.Time   `json:"connected_since,omitzero"`
-	LastAck        time.Time   `json:"last_ack,omitzero"`
-	Published      uint64      `json:"published"` // records acknowledged by the broker
-	Malformed      uint64      `json:"malformed"` // messages received that did not decode
-	EncodeErrors   uint64      `json:"encode_errors"`
+	State          string    `json:"state"` // connecting, connected, disconnected, stopped
+	Broker         string    `json:"broker,omitempty"`
+	ConnectedSince time.Time `json:"connected_since,omitzero"`
+	LastAck        time.Time `json:"last_ack,omitzero"`
+	Published      uint64    `json:"published"` // records acknowledged by the broker
+	Malformed      uint64    `json:"malformed"` // messages received that did not decode
+	EncodeErrors   uint64    `json:"encode_errors"`
 	// TLSError says why the TLS files could not be reloaded for the last
 	// connection attempt (the previous ones were used).
 	TLSError string      `json:"tls_error,omitempty"`

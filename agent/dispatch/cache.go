@@ -2,13 +2,13 @@ package dispatch
 
 import (
 	"cmp"
-	"maps"
-	"slices"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,7 +44,7 @@ type cache struct {
 type entry struct {
 	expires time.Time // zero: the request had no expiry
 	order   uint64
-	file    string                  // empty: kept in memory only
+	file    string                   // empty: kept in memory only
 	result  *telemetry.CommandResult // in memory only, while file is empty
 }
 

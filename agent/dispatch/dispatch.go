@@ -41,8 +41,8 @@ type Options struct {
 	// so a clock at 1970 does not revive expired requests. Nil: time.Now.
 	Now      func() time.Time
 	Builtins map[string]Builtin
-	Result         func(telemetry.CommandResult) // where results go (the uplink)
-	Log            *slog.Logger
+	Result   func(telemetry.CommandResult) // where results go (the uplink)
+	Log      *slog.Logger
 }
 
 // Dispatcher runs commands. Handle is safe for concurrent use.

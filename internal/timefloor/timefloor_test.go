@@ -102,7 +102,7 @@ func TestSaveCadence(t *testing.T) {
 		t.Fatal("did not save after the cadence")
 	}
 	data, _ := os.ReadFile(path)
-	if want := build.Add(61*time.Minute).Unix(); string(data) != strconv.FormatInt(want, 10)+"\n" {
+	if want := build.Add(61 * time.Minute).Unix(); string(data) != strconv.FormatInt(want, 10)+"\n" {
 		t.Fatalf("persisted %q, want %d: an unsynced node persists its estimate", data, want)
 	}
 }
