@@ -14,8 +14,15 @@ import (
 
 func open(t *testing.T, dir string, maxBytes int64) *Spool {
 	t.Helper()
-	s, err := Open(Options{Dir: dir, MaxBytes: maxBytes, FsyncInterval: 10 * time.Millisecond,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	return openWith(t, Options{Dir: dir, MaxBytes: maxBytes})
+}
+
+// openWith opens a spool with a short fsync interval and no log output.
+func openWith(t *testing.T, opts Options) *Spool {
+	t.Helper()
+	opts.FsyncInterval = 10 * time.Millisecond
+	opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
