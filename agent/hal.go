@@ -1,9 +1,6 @@
 package agent
 
 import (
-	"fmt"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/seed69aca190/edgeagent/agent/config"
@@ -12,8 +9,10 @@ import (
 	"github.com/seed69aca190/edgeagent/hal/tunnel"
 )
 
-// HALOptions turns the config into what the HAL needs, reading the
-// OpenVPN management passwords from their files.
+// HALOptions turns the config into what the HAL needs. Its error is always
+// nil: an OpenVPN password file is read at every reading of its tunnel, so
+// one that is missing or unreadable makes that tunnel down, with the reason,
+// and the tunnel collector failing; it never stops the agent.
 func HALOptions(cfg *config.Config, smart bool) (hal.Options, error) {
 	opts := hal.Options{
 		Sysfs:     cfg.Paths.Sysfs,
@@ -25,15 +24,8 @@ func HALOptions(cfg *config.Config, smart bool) (hal.Options, error) {
 		opts.Smart = &disk.SmartCtl{Path: cfg.Disks.Smartctl, Timeout: cfg.Disks.SmartTimeout}
 	}
 	for _, o := range cfg.Tunnels.OpenVPN {
-		t := tunnel.OpenVPN{Name: o.Name, Address: o.Management, Grace: cfg.Tunnels.OpenVPNGrace, Timeout: 5 * time.Second}
-		if o.PasswordFile != "" {
-			pw, err := os.ReadFile(o.PasswordFile)
-			if err != nil {
-				return opts, fmt.Errorf("tunnel %s: read password_file: %w", o.Name, err)
-			}
-			t.Password, _, _ = strings.Cut(strings.TrimRight(string(pw), "\r\n"), "\n")
-		}
-		opts.OpenVPN = append(opts.OpenVPN, t)
+		opts.OpenVPN = append(opts.OpenVPN, tunnel.OpenVPN{Name: o.Name, Address: o.Management, PasswordFile: o.PasswordFile,
+			Grace: cfg.Tunnels.OpenVPNGrace, Timeout: 5 * time.Second})
 	}
 	return opts, nil
 }

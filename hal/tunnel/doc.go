@@ -9,4 +9,11 @@
 // its timeout. WireGuard's handshake is renewed every two minutes while
 // traffic flows, so a handshake older than three minutes on a peer that should
 // carry traffic (persistent keepalive set) means the tunnel is not working.
+//
+// Both report wall-clock stamps (when the OpenVPN state changed, when the
+// last handshake was), and a node without a real-time clock has its clock
+// stepped by NTP, by hours either way. A single Read judges by the wall clock;
+// a collector reads through a Tracker, which ages each stamp on the monotonic
+// clock from when it first saw it, so a step changes no verdict. An OpenVPN
+// management password is read from its file at every reading.
 package tunnel

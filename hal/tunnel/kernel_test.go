@@ -45,9 +45,21 @@ func start(t *testing.T, ns string, log *testenv.Buffer, name string, args ...st
 	return cmd
 }
 
+// stepped makes tr read the wall clock stepped by *step: this machine's clock
+// is shared and cannot be stepped for a test.
+func stepped(tr *Tracker, step *time.Duration) {
+	clock := tr.clock
+	tr.clock = func() (time.Time, time.Duration) {
+		wall, mono := clock()
+		return wall.Add(*step), mono
+	}
+}
+
 // TestOpenVPNPair runs a real OpenVPN server and client (TLS with a throwaway
 // CA), each in its own namespace, and reads both through their management
-// sockets; then the server dies and the client's verdict goes down.
+// sockets; the agent's password file is missing, wrong, then right. Then the
+// server dies and, read through a Tracker whose wall clock is stepped six
+// hours, the client's verdict goes stale, then down after the grace.
 func TestOpenVPNPair(t *testing.T) {
 	testenv.LookPath(t, "openvpn")
 	testenv.LookPath(t, "openssl")
@@ -75,7 +87,7 @@ func TestOpenVPNPair(t *testing.T) {
 		"--nobind", "--ca", p("ca.crt"), "--cert", p("client1.crt"), "--key", p("client1.key"),
 		"--ping", "1", "--ping-restart", "3", "--connect-retry", "1", "1", "--management", p("client.sock"), "unix")
 
-	srv := OpenVPN{Name: "server", Address: "unix:" + p("server.sock"), Password: "s3cret", Grace: 2 * time.Second}
+	srv := OpenVPN{Name: "server", Address: "unix:" + p("server.sock"), PasswordFile: p("mgmt.pw"), Grace: 2 * time.Second}
 	cli := OpenVPN{Name: "client", Address: "unix:" + p("client.sock"), Grace: 2 * time.Second}
 	ctx := context.Background()
 	var c Tunnel
@@ -99,9 +111,20 @@ func TestOpenVPNPair(t *testing.T) {
 		t.Errorf("client bytes out %d -> %d after 3 pings through the tunnel", c.BytesOut, c2.BytesOut)
 	}
 
-	if bad := (OpenVPN{Address: srv.Address, Password: "wrong"}).Read(ctx, time.Now()); bad.Verdict != Down ||
-		!strings.Contains(bad.Reason, "refused the password") {
+	// The agent's password file is read at each reading: missing, then
+	// wrong, then right (with a CRLF ending).
+	agent := OpenVPN{Address: srv.Address, PasswordFile: p("agent.pw")}
+	if missing := agent.Read(ctx, time.Now()); missing.Verdict != Down ||
+		missing.Reason != "password file: open "+p("agent.pw")+": no such file or directory" {
+		t.Errorf("missing password file: %+v", missing)
+	}
+	os.WriteFile(p("agent.pw"), []byte("wrong\n"), 0o600)
+	if bad := agent.Read(ctx, time.Now()); bad.Verdict != Down || !strings.Contains(bad.Reason, "refused the password") {
 		t.Errorf("wrong password: %+v", bad)
+	}
+	os.WriteFile(p("agent.pw"), []byte("s3cret\r\nsecond line\n"), 0o600)
+	if good := agent.Read(ctx, time.Now()); good.Verdict != Up {
+		t.Errorf("password file rewritten: %+v", good)
 	}
 	if none := (OpenVPN{Address: srv.Address}).Read(ctx, time.Now()); !strings.Contains(none.Reason, "asks for a password and none is configured") {
 		t.Errorf("no password: %+v", none)
@@ -112,20 +135,39 @@ func TestOpenVPNPair(t *testing.T) {
 	}
 
 	// The server dies: the client notices within its ping-restart (3 s), is
-	// stale while within its 2 s grace, then down.
+	// stale while within its 2 s grace, then down. Judged by the wall clock,
+	// with the clock stepped 6 h ahead the client would be down at once, and
+	// with it stepped 6 h back the outage would be hidden.
+	tr := NewTracker()
+	var step time.Duration
+	stepped(tr, &step)
+	if c, err := tr.OpenVPN(ctx, cli); c.Verdict != Up || err != nil {
+		t.Fatalf("client through a tracker: %+v, %v", c, err)
+	}
 	server.Process.Kill()
+	step = 6 * time.Hour
 	testenv.WaitFor(t, 20*time.Second, func() bool {
-		c = cli.Read(ctx, time.Now())
+		c, _ = tr.OpenVPN(ctx, cli)
+		return c.Verdict != Up
+	}, func() string { return fmt.Sprintf("client never noticed: %+v", c) })
+	if c.Verdict != Stale {
+		t.Errorf("client just after the server died, clock 6 h ahead: %+v; want stale", c)
+	}
+	step = -6 * time.Hour
+	testenv.WaitFor(t, 20*time.Second, func() bool {
+		c, _ = tr.OpenVPN(ctx, cli)
 		return c.Verdict == Down
-	}, func() string { return fmt.Sprintf("client never judged down: %+v", c) })
+	}, func() string { return fmt.Sprintf("client never judged down, clock 6 h back: %+v", c) })
 	if c.State == "CONNECTED" || c.DisconnectedSince == 0 || !strings.Contains(c.Reason, "longer than the 2s grace period") {
 		t.Errorf("client after the server died: %+v", c)
 	}
 }
 
 // TestWireGuardPair runs two userspace WireGuard interfaces (wireguard-go) in
-// two namespaces, passes traffic so they handshake, then takes one side away
-// and watches the other go stale. StaleAfter is shortened to keep it fast.
+// two namespaces, passes traffic so they handshake, reads them through a
+// Tracker whose wall clock steps six hours either way (the verdict stays up),
+// then takes one side away and watches the other go stale with the clock six
+// hours back. StaleAfter is shortened to keep it fast.
 func TestWireGuardPair(t *testing.T) {
 	testenv.LookPath(t, "wireguard-go")
 	nsA, nsB := pair(t, "198.18.6.1", "198.18.6.2")
@@ -171,8 +213,11 @@ func TestWireGuardPair(t *testing.T) {
 	testenv.Run(t, "ip", "netns", "exec", nsA, "ping", "-c", "3", "-i", "0.2", "-W", "2", "198.18.7.2")
 
 	w := WireGuard{StaleAfter: 3 * time.Second}
+	tr := NewTracker()
+	var step time.Duration
+	stepped(tr, &step)
 	find := func() Tunnel {
-		tunnels, err := w.Read(time.Now())
+		tunnels, err := tr.WireGuard(w)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,6 +234,11 @@ func TestWireGuardPair(t *testing.T) {
 		a.BytesIn == 0 || a.BytesOut == 0 || a.ListenPort != 51820 || a.Peers[0].Endpoint != "198.18.6.2:51821" ||
 		a.Peers[0].KeepaliveSec != 1 || a.PublicKey != keyA.PublicKey().String() {
 		t.Errorf("%s after traffic: %+v", ifA, a)
+	}
+	for _, step = range []time.Duration{6 * time.Hour, -6 * time.Hour} {
+		if a = find(); a.Verdict != Up || a.Peers[0].HandshakeAgeSec > 3 {
+			t.Errorf("%s with the clock stepped %v: %+v", ifA, step, a)
+		}
 	}
 
 	// B disappears; A keeps sending keepalives that nobody answers, and its

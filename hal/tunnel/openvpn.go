@@ -8,15 +8,20 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/seed69aca190/edgeagent/hal/internal/kfile"
 )
 
 // OpenVPN reads one OpenVPN instance through its management interface.
 type OpenVPN struct {
-	Name     string        // what the tunnel is called in reports
-	Address  string        // unix:/run/openvpn/client.sock, or host:port
-	Password string        // the management password, if the interface asks for one
-	Timeout  time.Duration // for the whole exchange; zero means 5 s
-	Grace    time.Duration // how long a state other than CONNECTED is tolerated; zero means 30 s
+	Name    string // what the tunnel is called in reports
+	Address string // unix:/run/openvpn/client.sock, or host:port
+	// PasswordFile holds the management password on its first line; empty
+	// when the interface asks for none. It is read at every reading, so a
+	// file that appears later, or a new password, is picked up.
+	PasswordFile string
+	Timeout      time.Duration // for the whole exchange; zero means 5 s
+	Grace        time.Duration // how long a state other than CONNECTED is tolerated; zero means 30 s
 }
 
 // OpenVPNClient is one client connected to an OpenVPN server.
@@ -30,34 +35,66 @@ type OpenVPNClient struct {
 }
 
 // Read asks the management interface for state, byte counts and (for a
-// server) the client list, and judges the tunnel. What went wrong, if anything,
-// is the verdict's reason.
+// server) the client list, and judges the tunnel by the wall clock at now.
+// What went wrong, if anything, is the verdict's reason. A Tracker judges
+// repeated readings by the monotonic clock instead.
 func (o OpenVPN) Read(ctx context.Context, now time.Time) Tunnel {
-	t := Tunnel{Name: o.Name, Type: "openvpn"}
-	if err := o.read(ctx, &t); err != nil {
-		t.Verdict, t.Reason = Down, err.Error()
-		return t
-	}
-	t.Verdict, t.Reason = o.judge(t, now)
+	t, _ := o.read(ctx, wallClock(now))
 	return t
 }
 
-func (o OpenVPN) judge(t Tunnel, now time.Time) (string, string) {
+// read reads and judges the tunnel; the error is why it could not be read.
+func (o OpenVPN) read(ctx context.Context, a ager) (Tunnel, error) {
+	t := Tunnel{Name: o.Name, Type: "openvpn"}
+	floating, err := o.ask(ctx, &t)
+	if err != nil {
+		t.Verdict, t.Reason = Down, err.Error()
+		return t, err
+	}
+	var since time.Time // zero while connected
+	if t.DisconnectedSince != 0 {
+		since = time.Unix(t.DisconnectedSince, 0)
+	}
+	t.Verdict, t.Reason = o.judge(t.State, a.age("openvpn/"+o.Name, since, floating))
+	return t, nil
+}
+
+// judge gives the verdict on a tunnel in state, out of CONNECTED for outage.
+func (o OpenVPN) judge(state string, outage time.Duration) (string, string) {
 	grace := o.Grace
 	if grace <= 0 {
 		grace = 30 * time.Second
 	}
-	if t.State == "CONNECTED" {
+	if state == "CONNECTED" {
 		return Up, ""
 	}
-	since := now.Sub(time.Unix(t.DisconnectedSince, 0)).Truncate(time.Second)
+	since := outage.Truncate(time.Second)
 	if since > grace {
-		return Down, fmt.Sprintf("not connected for %v (now %s), longer than the %v grace period", since, t.State, grace)
+		return Down, fmt.Sprintf("not connected for %v (now %s), longer than the %v grace period", since, state, grace)
 	}
-	return Stale, fmt.Sprintf("not connected for %v (now %s), within the %v grace period", since, t.State, grace)
+	return Stale, fmt.Sprintf("not connected for %v (now %s), within the %v grace period", since, state, grace)
 }
 
-func (o OpenVPN) read(ctx context.Context, t *Tunnel) error {
+// password reads the management password from the first line of
+// PasswordFile.
+func (o OpenVPN) password() (string, error) {
+	if o.PasswordFile == "" {
+		return "", nil
+	}
+	data, err := kfile.Read(o.PasswordFile)
+	if err != nil {
+		return "", fmt.Errorf("password file: %w", err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	return strings.TrimSuffix(line, "\r"), nil
+}
+
+// ask fills t from the management interface; floating is parseState's.
+func (o OpenVPN) ask(ctx context.Context, t *Tunnel) (floating bool, err error) {
+	password, err := o.password()
+	if err != nil {
+		return false, err
+	}
 	timeout := o.Timeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second
@@ -71,36 +108,36 @@ func (o OpenVPN) read(ctx context.Context, t *Tunnel) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, network, addr)
 	if err != nil {
-		return fmt.Errorf("management interface unreachable: %w", err)
+		return false, fmt.Errorf("management interface unreachable: %w", err)
 	}
 	defer conn.Close()
 	deadline, _ := ctx.Deadline()
 	conn.SetDeadline(deadline)
 
 	m := &mgmt{conn: conn, r: bufio.NewReader(conn)}
-	if err := m.login(o.Password); err != nil {
-		return err
+	if err := m.login(password); err != nil {
+		return false, err
 	}
 	state, err := m.multi("state all")
 	if err != nil {
-		return err
+		return false, err
 	}
-	if err := parseState(state, t); err != nil {
-		return err
+	if floating, err = parseState(state, t); err != nil {
+		return false, err
 	}
 	stats, err := m.single("load-stats")
 	if err != nil {
-		return err
+		return false, err
 	}
 	if t.BytesIn, t.BytesOut, err = parseLoadStats(stats); err != nil {
-		return err
+		return false, err
 	}
 	status, err := m.multi("status 3")
 	if err != nil {
-		return err
+		return false, err
 	}
 	t.Role, t.Clients, err = parseStatus3(status)
-	return err
+	return floating, err
 }
 
 // mgmt speaks OpenVPN's management protocol: line-based commands, one-line
@@ -212,17 +249,21 @@ func (m *mgmt) multi(cmd string) ([]string, error) {
 // parseState reads the answer to "state all", the state history, oldest first;
 // each line is "time,STATE,detail,tun-ip,remote-ip,remote-port,local-ip,
 // local-port[,tun-ipv6]" and the last one is the current state. While not
-// connected, DisconnectedSince is when the last CONNECTED state was left (or
-// the oldest state known, when it never connected): a client cycling through
-// RECONNECTING, RESOLVE and WAIT is judged on the whole outage.
-func parseState(lines []string, t *Tunnel) error {
+// connected, DisconnectedSince is when the last CONNECTED state was left: a
+// client cycling through RECONNECTING, RESOLVE and WAIT is judged on the whole
+// outage. Without CONNECTED in the history (it never connected, or it went
+// out of the 100 states OpenVPN keeps) it is the oldest state's time, and
+// floating reports that it moves later as states go out while the outage
+// stays the same.
+func parseState(lines []string, t *Tunnel) (floating bool, err error) {
 	if len(lines) == 0 {
-		return fmt.Errorf("openvpn state: empty answer")
+		return false, fmt.Errorf("openvpn state: empty answer")
 	}
-	t.DisconnectedSince = 0
+	t.DisconnectedSince, floating = 0, true
 	for i := len(lines) - 1; i >= 0; i-- {
 		f := strings.SplitN(lines[i], ",", 3)
 		if len(f) >= 2 && f[1] == "CONNECTED" {
+			floating = false
 			break
 		}
 		if ts, err := strconv.ParseInt(f[0], 10, 64); err == nil {
@@ -231,11 +272,11 @@ func parseState(lines []string, t *Tunnel) error {
 	}
 	f := strings.Split(lines[len(lines)-1], ",")
 	if len(f) < 5 {
-		return fmt.Errorf("openvpn state: %q has %d fields, want at least 5", lines[len(lines)-1], len(f))
+		return false, fmt.Errorf("openvpn state: %q has %d fields, want at least 5", lines[len(lines)-1], len(f))
 	}
 	ts, err := strconv.ParseInt(f[0], 10, 64)
 	if err != nil {
-		return fmt.Errorf("openvpn state: time %q is not a number", f[0])
+		return false, fmt.Errorf("openvpn state: time %q is not a number", f[0])
 	}
 	t.State, t.StateSince, t.LocalAddress = f[1], ts, f[3]
 	if t.State == "CONNECTED" {
@@ -247,7 +288,7 @@ func parseState(lines []string, t *Tunnel) error {
 			t.RemoteAddress = net.JoinHostPort(f[4], f[5])
 		}
 	}
-	return nil
+	return floating, nil
 }
 
 // parseLoadStats reads "SUCCESS: nclients=1,bytesin=2065,bytesout=2050".

@@ -32,7 +32,7 @@ func lines(t *testing.T, name string) []string {
 
 func TestParseOpenVPNServer(t *testing.T) {
 	var tun Tunnel
-	if err := parseState(lines(t, "server-state.txt"), &tun); err != nil {
+	if _, err := parseState(lines(t, "server-state.txt"), &tun); err != nil {
 		t.Fatal(err)
 	}
 	if tun.State != "CONNECTED" || tun.LocalAddress != "198.18.3.1" || tun.RemoteAddress != "" || tun.ConnectedSince != 1795301664 {
@@ -52,7 +52,7 @@ func TestParseOpenVPNServer(t *testing.T) {
 
 func TestParseOpenVPNClient(t *testing.T) {
 	var tun Tunnel
-	if err := parseState(lines(t, "client-state.txt"), &tun); err != nil {
+	if _, err := parseState(lines(t, "client-state.txt"), &tun); err != nil {
 		t.Fatal(err)
 	}
 	if tun.State != "CONNECTED" || tun.LocalAddress != "198.18.3.2" || tun.RemoteAddress != "198.18.2.1:1194" {
@@ -65,7 +65,8 @@ func TestParseOpenVPNClient(t *testing.T) {
 }
 
 // A client that lost its server cycles through states; the outage counts from
-// when it left CONNECTED, not from the latest state.
+// when it left CONNECTED, not from the latest state. Without CONNECTED in
+// the history, the oldest state known is a floating start.
 func TestParseOpenVPNStateHistory(t *testing.T) {
 	var tun Tunnel
 	history := []string{
@@ -75,21 +76,25 @@ func TestParseOpenVPNStateHistory(t *testing.T) {
 		"1795301651,RESOLVE,,,,,,",
 		"1795301652,WAIT,,,,,,",
 	}
-	if err := parseState(history, &tun); err != nil {
+	floating, err := parseState(history, &tun)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if tun.State != "WAIT" || tun.StateSince != 1795301652 || tun.DisconnectedSince != 1795301650 || tun.ConnectedSince != 0 {
-		t.Errorf("after an outage: %+v", tun)
+	if tun.State != "WAIT" || tun.StateSince != 1795301652 || tun.DisconnectedSince != 1795301650 || tun.ConnectedSince != 0 || floating {
+		t.Errorf("after an outage: %+v, floating %v", tun, floating)
 	}
-	if err := parseState(history[:1], &tun); err != nil || tun.DisconnectedSince != 1795301600 {
-		t.Errorf("never connected: %+v, %v", tun, err)
+	if floating, err := parseState(history[:1], &tun); err != nil || tun.DisconnectedSince != 1795301600 || !floating {
+		t.Errorf("never connected: %+v, floating %v, %v", tun, floating, err)
+	}
+	if floating, err := parseState(history[2:], &tun); err != nil || tun.DisconnectedSince != 1795301650 || !floating {
+		t.Errorf("CONNECTED gone out of the history: %+v, floating %v, %v", tun, floating, err)
 	}
 }
 
 func TestParseOpenVPNMalformed(t *testing.T) {
 	var tun Tunnel
 	for _, bad := range [][]string{nil, {"garbage"}, {"x,CONNECTED,SUCCESS,1.2.3.4,,"}} {
-		if err := parseState(bad, &tun); err == nil {
+		if _, err := parseState(bad, &tun); err == nil {
 			t.Errorf("parseState(%q) succeeded", bad)
 		}
 	}
@@ -117,7 +122,7 @@ func TestOpenVPNJudge(t *testing.T) {
 		{"WAIT", 1795301600, Down, "not connected for 1m40s (now WAIT), longer than the 30s grace period"},
 		{"EXITING", 1795301600, Down, "not connected for 1m40s (now EXITING), longer than the 30s grace period"},
 	} {
-		v, r := o.judge(Tunnel{State: tt.state, DisconnectedSince: tt.since}, now)
+		v, r := o.judge(tt.state, wallClock(now).age("", time.Unix(tt.since, 0), false))
 		if v != tt.verdict || r != tt.reason {
 			t.Errorf("%s since %d: %s %q; want %s %q", tt.state, tt.since, v, r, tt.verdict, tt.reason)
 		}
@@ -150,16 +155,16 @@ func TestWireGuardVerdicts(t *testing.T) {
 		{"never, keepalive set", peer(-1, 25*time.Second), Down, "no handshake yet"},
 		{"never, idle", peer(-1, 0), Up, "idle: no handshake yet and no keepalive configured"},
 	} {
-		got := w.peer(tt.peer, now)
+		got := w.peer("wg0", tt.peer, wallClock(now))
 		if got.Verdict != tt.verdict || got.Reason != tt.reason || got.Endpoint != "198.18.6.2:51820" || got.AllowedIPs[0] != "198.18.7.2/32" {
 			t.Errorf("%s: %+v; want %s %q", tt.name, got, tt.verdict, tt.reason)
 		}
 	}
 	dev := &wgtypes.Device{Name: "wg0", Peers: []wgtypes.Peer{peer(time.Minute, 25*time.Second), peer(4*time.Minute, 25*time.Second)}}
-	if tun := w.tunnel(dev, now); tun.Verdict != Stale || !strings.HasPrefix(tun.Reason, "peer "+pub.String()+": last handshake") || tun.BytesIn != 20 {
+	if tun := w.tunnel(dev, wallClock(now)); tun.Verdict != Stale || !strings.HasPrefix(tun.Reason, "peer "+pub.String()+": last handshake") || tun.BytesIn != 20 {
 		t.Errorf("device with one stale peer: %+v", tun)
 	}
-	if tun := w.tunnel(&wgtypes.Device{Name: "wg1"}, now); tun.Verdict != Down || tun.Reason != "no peers configured" {
+	if tun := w.tunnel(&wgtypes.Device{Name: "wg1"}, wallClock(now)); tun.Verdict != Down || tun.Reason != "no peers configured" {
 		t.Errorf("device without peers: %+v", tun)
 	}
 }
@@ -198,7 +203,7 @@ func FuzzOpenVPNAnswers(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		ls := strings.Split(s, "\n")
 		var tun Tunnel
-		_ = parseState(ls, &tun)
+		_, _ = parseState(ls, &tun)
 		_, _, _ = parseLoadStats(ls[0])
 		_, _, _ = parseStatus3(ls)
 	})

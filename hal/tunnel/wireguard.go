@@ -42,11 +42,17 @@ type WireGuard struct {
 	SocketDir string
 }
 
-// Read lists the WireGuard tunnels with a verdict for each. Devices are
-// found one by one (kernel links of kind wireguard, and control sockets of
-// userspace ones), so one broken device, such as the stale socket of a
-// wireguard-go that crashed, is reported down without hiding the others.
+// Read lists the WireGuard tunnels with a verdict for each, judging
+// handshake ages by the wall clock at now (a Tracker judges repeated readings
+// by the monotonic clock instead). Devices are found one by one (kernel links
+// of kind wireguard, and control sockets of userspace ones), so one broken
+// device, such as the stale socket of a wireguard-go that crashed, is
+// reported down without hiding the others.
 func (w WireGuard) Read(now time.Time) ([]Tunnel, error) {
+	return w.read(wallClock(now))
+}
+
+func (w WireGuard) read(a ager) ([]Tunnel, error) {
 	names, err := w.deviceNames()
 	if err != nil {
 		return nil, err
@@ -66,7 +72,7 @@ func (w WireGuard) Read(now time.Time) ([]Tunnel, error) {
 			out = append(out, Tunnel{Name: name, Type: "wireguard", Verdict: Down, Reason: "read device: " + err.Error()})
 			continue
 		}
-		out = append(out, w.tunnel(d, now))
+		out = append(out, w.tunnel(d, a))
 	}
 	return out, nil
 }
@@ -76,7 +82,7 @@ func (w WireGuard) Read(now time.Time) ([]Tunnel, error) {
 func (w WireGuard) deviceNames() ([]string, error) {
 	links, err := netlink.LinkList()
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return nil, fmt.Errorf("list links: %w", err)
+		return nil, fmt.Errorf("list wireguard links: %w", err)
 	}
 	seen := map[string]bool{}
 	var names []string
@@ -103,13 +109,13 @@ func (w WireGuard) deviceNames() ([]string, error) {
 	return names, nil
 }
 
-func (w WireGuard) tunnel(d *wgtypes.Device, now time.Time) Tunnel {
+func (w WireGuard) tunnel(d *wgtypes.Device, a ager) Tunnel {
 	t := Tunnel{Name: d.Name, Type: "wireguard", ListenPort: d.ListenPort, PublicKey: d.PublicKey.String(), Verdict: Up}
 	if len(d.Peers) == 0 {
 		t.Verdict, t.Reason = Down, "no peers configured"
 	}
 	for _, p := range d.Peers {
-		peer := w.peer(p, now)
+		peer := w.peer(d.Name, p, a)
 		t.BytesIn += peer.BytesIn
 		t.BytesOut += peer.BytesOut
 		if worse(peer.Verdict, t.Verdict) {
@@ -120,7 +126,7 @@ func (w WireGuard) tunnel(d *wgtypes.Device, now time.Time) Tunnel {
 	return t
 }
 
-func (w WireGuard) peer(p wgtypes.Peer, now time.Time) WireGuardPeer {
+func (w WireGuard) peer(device string, p wgtypes.Peer, a ager) WireGuardPeer {
 	stale := w.StaleAfter
 	if stale <= 0 {
 		stale = 3 * time.Minute
@@ -139,6 +145,7 @@ func (w WireGuard) peer(p wgtypes.Peer, now time.Time) WireGuardPeer {
 		peer.AllowedIPs = append(peer.AllowedIPs, ip.String())
 	}
 	expected := p.PersistentKeepaliveInterval > 0 // the operator asked for a live tunnel
+	age := a.age("wireguard/"+device+"/"+peer.PublicKey, p.LastHandshakeTime, false)
 	if p.LastHandshakeTime.IsZero() {
 		if expected {
 			peer.Verdict, peer.Reason = Down, "no handshake yet"
@@ -147,7 +154,6 @@ func (w WireGuard) peer(p wgtypes.Peer, now time.Time) WireGuardPeer {
 		}
 		return peer
 	}
-	age := now.Sub(p.LastHandshakeTime)
 	peer.LastHandshake = p.LastHandshakeTime.Unix()
 	peer.HandshakeAgeSec = int64(age / time.Second)
 	switch {
