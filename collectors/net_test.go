@@ -7,7 +7,6 @@ import (
 
 	"github.com/seed69aca190/edgeagent/hal/disk"
 	"github.com/seed69aca190/edgeagent/hal/nic"
-	"github.com/seed69aca190/edgeagent/hal/tunnel"
 	"github.com/seed69aca190/edgeagent/internal/testenv"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
@@ -86,38 +85,6 @@ func TestNetRatesFromRealTraffic(t *testing.T) {
 	}
 	if got["net.rx_packets_per_sec"] < 10 {
 		t.Errorf("replies not counted: %v", got)
-	}
-}
-
-// TestTunnelLinkVerdictEvents creates a real tun link in a namespace: first
-// seen down is an event, and so is its disappearance after it came up.
-func TestTunnelLinkVerdictEvents(t *testing.T) {
-	ns := testenv.Netns(t)
-	testenv.Run(t, "ip", "-n", ns, "tuntap", "add", "mode", "tun", "name", "vpn0")
-	r, err := nic.Open(nic.Options{Namespace: "/var/run/netns/" + ns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	c := NewTunnel(nil, tunnel.WireGuard{SocketDir: t.TempDir()}, r)
-	rep := &Report{Time: time.Now()}
-	if err := c.Collect(context.Background(), rep); err != nil {
-		t.Fatal(err)
-	}
-	if ev := rep.Events(); len(ev) != 1 || ev[0].Subject != "vpn0" || ev[0].New != tunnel.Down || ev[0].Severity != telemetry.Critical {
-		t.Fatalf("events %+v, want vpn0 down", ev)
-	}
-	rep = &Report{Time: time.Now()}
-	c.Collect(context.Background(), rep)
-	if len(rep.Events()) != 0 {
-		t.Fatalf("unchanged tunnel repeated its event: %+v", rep.Events())
-	}
-	testenv.Run(t, "ip", "-n", ns, "link", "delete", "vpn0")
-	rep = &Report{Time: time.Now()}
-	c.Collect(context.Background(), rep)
-	// It was down already: disappearing changes nothing an operator must act on.
-	if len(rep.Events()) != 0 {
-		t.Fatalf("events %+v after deleting a down tunnel", rep.Events())
 	}
 }
 

@@ -3,6 +3,7 @@ package collectors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/seed69aca190/edgeagent/hal/nic"
@@ -11,44 +12,71 @@ import (
 )
 
 // Tunnel reports each VPN tunnel's verdict, handshake age and rates, and
-// raises an event when a verdict changes.
+// raises an event when a verdict changes. Ages are judged on the monotonic
+// clock (tunnel.Tracker), so a step of the wall clock changes no verdict.
 type Tunnel struct {
 	openvpn   []tunnel.OpenVPN
 	wireguard tunnel.WireGuard
-	links     *nic.Reader
+	linkOpts  nic.Options
+	links     *nic.Reader // opened by the first run that can; only Collect uses it
+	tracker   *tunnel.Tracker
 
-	prev     map[string]tunnel.Tunnel
-	prevTime time.Time
+	prev map[string]seenTunnel
 }
 
-// NewTunnel returns the tunnel collector; links lists tun, gre and other
-// tunnel links besides the OpenVPN and WireGuard instances named.
-func NewTunnel(openvpn []tunnel.OpenVPN, wireguard tunnel.WireGuard, links *nic.Reader) *Tunnel {
-	return &Tunnel{openvpn: openvpn, wireguard: wireguard, links: links, prev: map[string]tunnel.Tunnel{}}
+// seenTunnel is a tunnel as last read, and when.
+type seenTunnel struct {
+	tunnel.Tunnel
+	at time.Time
+}
+
+// NewTunnel returns the tunnel collector of the OpenVPN instances and
+// WireGuard devices named, and of the other tunnel links (tun, gre, …) of the
+// network namespace links names (the agent's own when empty). Netlink is
+// opened by the runs, so a kernel without it (or a namespace not there yet)
+// fails the runs, not the start, and every run tries again.
+func NewTunnel(openvpn []tunnel.OpenVPN, wireguard tunnel.WireGuard, links nic.Options) *Tunnel {
+	return &Tunnel{openvpn: openvpn, wireguard: wireguard, linkOpts: links, tracker: tunnel.NewTracker(),
+		prev: map[string]seenTunnel{}}
 }
 
 // Name implements Collector.
 func (*Tunnel) Name() string { return "tunnel" }
 
-// Collect implements Collector.
+// Close releases the netlink handle, if open.
+func (t *Tunnel) Close() error {
+	if t.links == nil {
+		return nil
+	}
+	return t.links.Close()
+}
+
+// Collect implements Collector. It reports every tunnel it could read, and
+// fails, saying which, when a source could not be read: the links, an OpenVPN
+// management interface (or its password file), WireGuard's control. A tunnel
+// whose source failed is not taken for gone.
 func (t *Tunnel) Collect(ctx context.Context, r *Report) error {
 	var tunnels []tunnel.Tunnel
+	var errs []error
 	for _, o := range t.openvpn {
-		tunnels = append(tunnels, o.Read(ctx, r.Time))
+		tn, err := t.tracker.OpenVPN(ctx, o)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("openvpn %s: %w", o.Name, err))
+		}
+		tunnels = append(tunnels, tn)
 	}
-	wg, errWG := t.wireguard.Read(r.Time)
+	wg, errWG := t.tracker.WireGuard(t.wireguard)
 	tunnels = append(tunnels, wg...)
-	links, errLinks := t.links.Links()
+	links, errLinks := t.readLinks()
 	skip := map[string]bool{}
 	for _, w := range wg {
 		skip[w.Name] = true // wireguard-go's tun link is the same tunnel
 	}
 	tunnels = append(tunnels, tunnel.FromLinks(links, skip)...)
 
-	secs := r.Time.Sub(t.prevTime).Seconds()
-	cur := make(map[string]tunnel.Tunnel, len(tunnels))
+	cur := make(map[string]seenTunnel, len(tunnels))
 	for _, tn := range tunnels {
-		cur[tn.Name] = tn
+		cur[tn.Name] = seenTunnel{tn, r.Time}
 		tags := []string{"tunnel", tn.Name, "type", tn.Type}
 		r.Add("tunnel.up", bool01(tn.Verdict == tunnel.Up), tags...)
 		r.Add("tunnel.stale", bool01(tn.Verdict == tunnel.Stale), tags...)
@@ -59,6 +87,7 @@ func (t *Tunnel) Collect(ctx context.Context, r *Report) error {
 			r.Add("tunnel.clients", float64(len(tn.Clients)), tags...)
 		}
 		p, seen := t.prev[tn.Name]
+		secs := r.Time.Sub(p.at).Seconds()
 		if seen && secs > 0 && tn.BytesIn >= p.BytesIn && tn.BytesOut >= p.BytesOut {
 			r.Add("tunnel.rx_bytes_per_sec", float64(tn.BytesIn-p.BytesIn)/secs, tags...)
 			r.Add("tunnel.tx_bytes_per_sec", float64(tn.BytesOut-p.BytesOut)/secs, tags...)
@@ -66,12 +95,31 @@ func (t *Tunnel) Collect(ctx context.Context, r *Report) error {
 		t.verdictEvent(r, p.Verdict, tn)
 	}
 	for name, p := range t.prev {
-		if _, ok := cur[name]; !ok && p.Verdict != tunnel.Down {
+		if _, ok := cur[name]; ok {
+			continue
+		}
+		if p.Type == "wireguard" && errWG != nil || p.Type != "wireguard" && p.Type != "openvpn" && errLinks != nil {
+			cur[name] = p // not read, not gone: judged again when its source is back
+			continue
+		}
+		if p.Verdict != tunnel.Down {
 			r.Event(telemetry.Critical, "tunnel", name, p.Verdict, tunnel.Down, "tunnel %s (%s) disappeared", name, p.Type)
 		}
 	}
-	t.prev, t.prevTime = cur, r.Time
-	return errors.Join(errWG, errLinks)
+	t.prev = cur
+	return errors.Join(append(errs, errWG, errLinks)...)
+}
+
+// readLinks lists the links, opening netlink first if no run could yet.
+func (t *Tunnel) readLinks() ([]nic.Link, error) {
+	if t.links == nil {
+		r, err := nic.Open(t.linkOpts)
+		if err != nil {
+			return nil, err
+		}
+		t.links = r
+	}
+	return t.links.Links()
 }
 
 // verdictEvent reports a change of verdict. A tunnel first seen up is not
