@@ -239,7 +239,9 @@ func (a *Agent) probeHealth(hl *health, st *state, sp *spool.Spool, up *uplink.U
 		if s.TLSError != "" {
 			out = append(out, problem{part: "tls", reason: s.TLSError + "; the files read before are used"})
 		}
-		// SPOOL-FAULT: the spool's flash fault joins here once uplink/spool reports it.
+		if f := sp.Stats().Fault; f != "" {
+			out = append(out, problem{part: "spool", reason: f + "; records wait in memory"})
+		}
 		return out
 	})
 }
@@ -356,13 +358,9 @@ func (a *Agent) collectors(sink collectors.Sink) (*collectors.Scheduler, func())
 		sched.Add(n, c.Collect.Net, 0)
 	}
 	if c.Collect.Tunnel > 0 {
-		links, err := nic.Open(nic.Options{Sysfs: c.Paths.Sysfs})
-		if err == nil {
-			closers = append(closers, links.Close)
-			sched.Add(collectors.NewTunnel(halOpts.OpenVPN, halOpts.WireGuard, links), c.Collect.Tunnel, 0)
-		} else {
-			a.log.Error("tunnel collector off", "err", err)
-		}
+		t := collectors.NewTunnel(halOpts.OpenVPN, halOpts.WireGuard, nic.Options{Sysfs: c.Paths.Sysfs})
+		closers = append(closers, t.Close)
+		sched.Add(t, c.Collect.Tunnel, 0)
 	}
 	if c.Collect.Process > 0 && len(c.Services) > 0 {
 		var services []collectors.Service
