@@ -22,7 +22,9 @@ type problem struct {
 	unhealthy bool
 }
 
-func (p problem) String() string { return p.part + ": " + p.reason }
+// String is the problem on one line: errors.Join puts a newline between
+// the errors of one collector run.
+func (p problem) String() string { return p.part + ": " + strings.ReplaceAll(p.reason, "\n", "; ") }
 
 // health is the agent's verdict on itself, part by part. An optional part
 // that is missing or failing makes the agent degraded with its reason; only

@@ -441,3 +441,70 @@ exec "$@"`
 		t.Errorf("the agent tried to write outside its state directory:\n%s", log.String())
 	}
 }
+
+// TestOpenVPNUnreachable: an OpenVPN whose management socket is not there
+// (the daemon is not running yet) and whose password file is missing: the
+// agent starts, reports the tunnel down and itself degraded, naming both.
+// Before, the missing password file stopped the agent at start, even with
+// the tunnel collector off.
+func TestOpenVPNUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	tunnels := fmt.Sprintf("tunnels:\n  openvpn:\n    - name: vpn0\n      management: unix:%s\n      password_file: %s\n"+
+		"    - name: vpn1\n      management: unix:%s\n",
+		filepath.Join(dir, "vpn0.sock"), filepath.Join(dir, "vpn0.pw"), filepath.Join(dir, "vpn1.sock"))
+	d := startDegraded(t, dir, tunnels)
+	d.collectorOK("net")
+	d.stop()
+	d = startDegraded(t, dir, tunnels+"collect:\n  tunnel: 1s\n  net: 1s\n")
+	line := d.waitProblem("collector tunnel", "openvpn vpn0", "openvpn vpn1")
+	if !strings.Contains(line, "password file") || !strings.Contains(line, "unreachable") {
+		t.Errorf("the reasons do not say what is missing: %s", line)
+	}
+	d.stop()
+}
+
+// TestKernelWithoutGenericNetlink: WireGuard is read through generic
+// netlink (wgctrl opens it also for userspace devices); without it the
+// tunnel collector is degraded, with the reason, and the rest runs.
+func TestKernelWithoutGenericNetlink(t *testing.T) {
+	testenv.RequireRoot(t)
+	// A userspace WireGuard device, as wireguard-go announces one: a socket
+	// in /var/run/wireguard.
+	os.MkdirAll("/var/run/wireguard", 0o755)
+	sock := fmt.Sprintf("/var/run/wireguard/edgetest%d.sock", os.Getpid())
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	d := startDegraded(t, t.TempDir(), "collect:\n  tunnel: 1s\n  net: 1s\n", "-netlink", "generic")
+	d.waitProblem("collector tunnel", "wireguard", "protocol not supported")
+	d.collectorOK("net")
+	d.stop()
+}
+
+// TestUnreadableSpoolSegment: a spool segment that cannot be read (a bad
+// flash block) is set aside and counted; the agent starts instead of
+// crash-looping. (The read error here is EISDIR, a directory where the
+// segment should be; uplink/spool's tests produce a real EIO.)
+func TestUnreadableSpoolSegment(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "state", "spool", "00000000000000000007.seg"), 0o750)
+	d := startDegraded(t, dir, "")
+	testenv.WaitFor(t, 10*time.Second, func() bool {
+		resp, err := http.Get("http://" + d.http + "/status")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Uplink struct {
+				Spool struct{ Quarantined int }
+			}
+		}
+		json.NewDecoder(resp.Body).Decode(&st)
+		return st.Uplink.Spool.Quarantined == 1
+	}, func() string { return "segment not quarantined:\n" + d.log.String() })
+	d.collectorOK("net")
+	d.stop()
+}
