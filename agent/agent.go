@@ -229,8 +229,9 @@ func (a *Agent) probeHealth(hl *health, st *state, sp *spool.Spool, up *uplink.U
 	hl.probe(func() []problem {
 		var out []problem
 		s := up.Status()
-		if s.State != "connected" {
-			p := problem{part: "uplink", reason: fmt.Sprintf("%s; %d records wait in the spool", s.State, s.Spool.Depth())}
+		if s.State != "connected" && time.Since(s.Since) > uplinkGrace {
+			p := problem{part: "uplink", reason: fmt.Sprintf("%s since %s; %d records wait in the spool",
+				s.State, s.Since.UTC().Format(time.RFC3339), s.Spool.Depth())}
 			if used := float64(s.Spool.DiskBytes) / spoolMax; used >= spoolLimit {
 				p.reason, p.unhealthy = fmt.Sprintf("%s and the spool is %.0f%% full: the oldest records are about to be dropped", s.State, 100*used), true
 			}
@@ -245,6 +246,11 @@ func (a *Agent) probeHealth(hl *health, st *state, sp *spool.Spool, up *uplink.U
 		return out
 	})
 }
+
+// uplinkGrace is how long the uplink may be without a broker before that
+// degrades the agent: long enough for the first connection at start, and a
+// reconnect after a broker restart, to pass unremarked.
+const uplinkGrace = 30 * time.Second
 
 // spoolLimit is the share of spool.max_bytes beyond which spooling no longer
 // counts as healthy: past it the oldest records are about to be dropped.

@@ -52,6 +52,7 @@ type Options struct {
 // Status is the uplink as /status shows it.
 type Status struct {
 	State          string    `json:"state"` // connecting, connected, disconnected, stopped
+	Since          time.Time `json:"since"` // when State began
 	Broker         string    `json:"broker,omitempty"`
 	ConnectedSince time.Time `json:"connected_since,omitzero"`
 	LastAck        time.Time `json:"last_ack,omitzero"`
@@ -84,6 +85,7 @@ type Uplink struct {
 	state          string
 	broker         string
 	connectedSince time.Time
+	stateSince     time.Time
 	lastAck        time.Time
 	tlsErr         error
 
@@ -127,7 +129,7 @@ func New(opts Options) (*Uplink, error) {
 		opts.Stamp = func(t time.Time) (time.Time, bool) { return t, false }
 	}
 	u := &Uplink{
-		opts: opts, log: opts.Log, state: "connecting",
+		opts: opts, log: opts.Log, state: "connecting", stateSince: time.Now(),
 		wake: make(chan struct{}, 1), lost: make(chan error, 1),
 		inbound: make(chan mqtt.Message, 64), results: make(chan publishResult, opts.InFlight),
 	}
@@ -468,7 +470,9 @@ func (u *Uplink) connect() bool {
 func (u *Uplink) setState(state, broker string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.state = state
+	if u.state != state {
+		u.state, u.stateSince = state, time.Now()
+	}
 	if state == "connected" {
 		u.broker, u.connectedSince = broker, time.Now()
 	}
@@ -517,7 +521,7 @@ func (u *Uplink) command(payload []byte) {
 // Status returns the session's figures.
 func (u *Uplink) Status() Status {
 	u.mu.Lock()
-	st := Status{State: u.state, Broker: u.broker, ConnectedSince: u.connectedSince, LastAck: u.lastAck}
+	st := Status{State: u.state, Since: u.stateSince, Broker: u.broker, ConnectedSince: u.connectedSince, LastAck: u.lastAck}
 	if u.tlsErr != nil {
 		st.TLSError = u.tlsErr.Error()
 	}
