@@ -25,11 +25,14 @@ func httpGet(url string) (int, string) {
 
 // TestAgentStatusEndpoint reads the agent's /healthz and /status while the
 // controller is up, and after it is gone: healthy while spooling within
-// limits, and /status says the uplink is disconnected and spooling.
+// limits (a broker away for less than 30 s is not even a degradation), and
+// /status says the uplink is disconnected and spooling. The host collector
+// is off: on a machine without temperature sensors it degrades the agent.
 func TestAgentStatusEndpoint(t *testing.T) {
 	api, mqttAddr, httpAddr := freePort(t), freePort(t), freePort(t)
 	ctl, _ := start(t, edgectlBin, "serve", "--http", api, "--mqtt", mqttAddr)
-	_, agentLog := start(t, agentBin, agentArgs(t, t.TempDir(), "tcp://"+mqttAddr, "st", fastAgent, "--http", httpAddr)...)
+	_, agentLog := start(t, agentBin, agentArgs(t, t.TempDir(), "tcp://"+mqttAddr, "st",
+		strings.Replace(fastAgent, "host: 1s", "host: 0s", 1), "--http", httpAddr)...)
 
 	base := "http://" + httpAddr
 	var body string
@@ -42,7 +45,7 @@ func TestAgentStatusEndpoint(t *testing.T) {
 	ctl.Process.Signal(syscall.SIGKILL) // the controller and its broker vanish
 	ctl.Wait()
 	type status struct {
-		Healthy bool
+		Health  string
 		NextSeq uint64 `json:"next_seq"`
 		Uplink  struct {
 			State string
@@ -58,10 +61,10 @@ func TestAgentStatusEndpoint(t *testing.T) {
 		return st.Uplink.State == "disconnected" && st.Uplink.Spool.Disk > 0
 	}, func() string { return "status: " + body })
 	code, body := httpGet(base + "/healthz")
-	if code != 200 || !strings.HasPrefix(body, "ok (uplink disconnected; spooling ") {
+	if code != 200 || body != "ok\n" {
 		t.Errorf("healthz while spooling: %d %q", code, body)
 	}
-	if !st.Healthy || st.NextSeq == 0 {
+	if st.Health != "ok" || st.NextSeq == 0 {
 		t.Errorf("status %+v", st)
 	}
 }
