@@ -10,25 +10,50 @@ import (
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
-// Node is what the controller knows about one node.
+// Node is what the controller knows about one node. Times are the
+// controller's, when it received a message, except NodeTime.
 type Node struct {
-	ID            string    `json:"id"`
-	Online        bool      `json:"online"`
-	Version       string    `json:"version,omitempty"`
-	Slot          string    `json:"slot,omitempty"`
-	Health        string    `json:"health,omitempty"`
-	Why           string    `json:"why,omitempty"`
-	BootID        string    `json:"boot_id,omitempty"`
-	HeartbeatSeq  uint64    `json:"heartbeat_seq"`
+	ID           string `json:"id"`
+	Online       bool   `json:"online"`
+	Version      string `json:"version,omitempty"`
+	Slot         string `json:"slot,omitempty"`
+	Health       string `json:"health,omitempty"`
+	Why          string `json:"why,omitempty"`
+	BootID       string `json:"boot_id,omitempty"`
+	Instance     string `json:"instance,omitempty"` // the agent process that sent the latest heartbeat
+	HeartbeatSeq uint64 `json:"heartbeat_seq"`
+	// LastHeartbeat is when the latest heartbeat was received. Liveness is
+	// judged by it, never by the node's clock, which may read 1970 or hours
+	// ahead on a node without a real-time clock.
 	LastHeartbeat time.Time `json:"last_heartbeat,omitzero"`
-	LastSeen      time.Time `json:"last_seen,omitzero"`
-	SpoolDepth    uint64    `json:"spool_depth"`
-	SpoolDropped  uint64    `json:"spool_dropped"`
+	// NodeTime is what the node's clock said in that heartbeat, and
+	// Unsynced whether the node knew its clock to be below its time floor.
+	NodeTime     time.Time `json:"node_time,omitzero"`
+	Unsynced     bool      `json:"unsynced,omitempty"`
+	LastSeen     time.Time `json:"last_seen,omitzero"` // any message
+	SpoolDepth   uint64    `json:"spool_depth"`
+	SpoolDropped uint64    `json:"spool_dropped"`
+	// Conflict is set while two live agents claim this node's id.
+	Conflict *Conflict `json:"conflict,omitempty"`
 	// Utilization holds the latest headline figures: cpu_percent,
 	// memory_percent, load1, and disk_percent (the fullest filesystem).
 	Utilization map[string]float64 `json:"utilization,omitempty"`
 	Messages    uint64             `json:"messages"`   // accepted, after de-duplication
 	Duplicates  uint64             `json:"duplicates"` // dropped as already seen
+}
+
+// Conflict is two live agents heard under one node id (a cloned state
+// directory, a copied configuration): their heartbeats alternate.
+type Conflict struct {
+	Since     time.Time  `json:"since"`
+	Instances []Instance `json:"instances"` // the one that spoke again after it was replaced, then the other
+}
+
+// Instance is one agent process heard under a node id.
+type Instance struct {
+	ID        string    `json:"id"`
+	BootID    string    `json:"boot_id,omitempty"`
+	LastHeard time.Time `json:"last_heard"`
 }
 
 // EventRecord is an event in the fleet's log: a node's, or the controller's
@@ -68,7 +93,27 @@ type nodeState struct {
 	Node
 	seen  map[uint64]struct{} // sequence numbers accepted recently
 	order []uint64            // the same, oldest first, to bound seen
+
+	speaker  Instance   // the instance whose heartbeat was received last
+	replaced []replaced // instances replaced as speaker within the conflict window
 }
+
+// replaced is an instance that another replaced as the node's speaker.
+type replaced struct {
+	Instance
+	at time.Time // when it was replaced
+	// below is the seq of the replacing heartbeat: one of the replaced
+	// instance's numbered below it was sent before, and only arrives late.
+	below uint64
+}
+
+// A replaced instance heard again within conflictWindow heartbeat intervals
+// is a second live agent; the conflict is over when one of the two has been
+// silent for conflictQuiet intervals while the other speaks.
+const (
+	conflictWindow = 3
+	conflictQuiet  = 10
+)
 
 // dedupWindow is how many recent sequence numbers per node are remembered:
 // more than a full 64 MiB spool drained after a day-long outage holds.
@@ -143,13 +188,12 @@ func (f *Fleet) Handle(topic string, payload []byte, now time.Time) error {
 			return err
 		}
 		if hb.Seq >= n.HeartbeatSeq { // a late one from the backlog does not move the view back
-			n.HeartbeatSeq, n.LastHeartbeat = hb.Seq, hb.Time
+			n.HeartbeatSeq, n.LastHeartbeat, n.NodeTime, n.Unsynced = hb.Seq, now, hb.Time, env.Unsynced
 			n.Version, n.Slot, n.Health, n.Why, n.BootID = hb.Version, hb.Slot, string(hb.Health), hb.Why, hb.BootID
-			n.SpoolDepth, n.SpoolDropped = hb.SpoolDepth, hb.Dropped
-		}
-		if now.Sub(hb.Time) < 3*f.opts.HeartbeatInterval {
+			n.Instance, n.SpoolDepth, n.SpoolDropped = hb.Instance, hb.SpoolDepth, hb.Dropped
 			f.setOnline(n, true, now, "heartbeat", false)
 		}
+		f.heardInstance(n, hb, now)
 	case telemetry.KindBatch:
 		batches, err := env.DecodeBatches()
 		if err != nil {
@@ -200,6 +244,47 @@ func (f *Fleet) node(id string) *nodeState {
 		f.nodes[id] = n
 	}
 	return n
+}
+
+// heardInstance follows which agent process speaks for n, to tell a restart
+// (one instance replaces another for good) from two live agents claiming one
+// node id (an instance replaced speaks again). The first time two alternate
+// raises a critical conflict event, once per episode.
+func (f *Fleet) heardInstance(n *nodeState, hb telemetry.Heartbeat, now time.Time) {
+	if hb.Instance == "" {
+		return // an agent too old to say
+	}
+	heard := Instance{ID: hb.Instance, BootID: hb.BootID, LastHeard: now}
+	if c := n.Conflict; c != nil {
+		for i := range c.Instances {
+			if c.Instances[i].ID == heard.ID {
+				c.Instances[i] = heard
+			}
+		}
+	}
+	if heard.ID == n.speaker.ID {
+		n.speaker = heard
+		return
+	}
+	window := conflictWindow * f.opts.HeartbeatInterval
+	n.replaced = slices.DeleteFunc(n.replaced, func(r replaced) bool { return now.Sub(r.at) > window })
+	i := slices.IndexFunc(n.replaced, func(r replaced) bool { return r.ID == heard.ID })
+	if i >= 0 {
+		if hb.Seq < n.replaced[i].below {
+			return // sent before it was replaced (a restart's backlog), arriving late
+		}
+		if n.Conflict == nil {
+			n.Conflict = &Conflict{Since: now, Instances: []Instance{heard, n.speaker}}
+			f.addEvent(n.ID, telemetry.Event{Time: now, Severity: telemetry.Critical, Kind: "node", Subject: n.ID,
+				New: "conflict", Message: fmt.Sprintf("node %s is claimed by two live agents, whose heartbeats alternate: "+
+					"instance %s (boot %s) and instance %s (boot %s)", n.ID, heard.ID, heard.BootID, n.speaker.ID, n.speaker.BootID)})
+		}
+		n.replaced = slices.Delete(n.replaced, i, i+1)
+	}
+	if n.speaker.ID != "" {
+		n.replaced = append(n.replaced, replaced{Instance: n.speaker, at: now, below: hb.Seq})
+	}
+	n.speaker = heard
 }
 
 // utilization keeps the headline figures of a node's latest batches.
@@ -254,7 +339,8 @@ func (f *Fleet) addEvent(node string, e telemetry.Event) {
 	f.changed = make(chan struct{})
 }
 
-// Check marks nodes offline that missed three heartbeats.
+// Check marks nodes offline that missed three heartbeats, and ends
+// conflicts in which one agent fell silent.
 func (f *Fleet) Check(now time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -262,6 +348,19 @@ func (f *Fleet) Check(now time.Time) {
 	for _, n := range f.nodes {
 		if n.Online && now.Sub(n.LastSeen) > deadline && now.Sub(n.LastHeartbeat) > deadline {
 			f.setOnline(n, false, now, fmt.Sprintf("no heartbeat for %s", now.Sub(n.LastHeartbeat).Round(time.Second)), false)
+		}
+		if c := n.Conflict; c != nil {
+			speaks, silent := c.Instances[0], c.Instances[1]
+			if speaks.LastHeard.Before(silent.LastHeard) {
+				speaks, silent = silent, speaks
+			}
+			if now.Sub(speaks.LastHeard) <= deadline && now.Sub(silent.LastHeard) > conflictQuiet*f.opts.HeartbeatInterval {
+				n.Conflict = nil
+				f.addEvent(n.ID, telemetry.Event{Time: now, Severity: telemetry.Info, Kind: "node", Subject: n.ID,
+					Old: "conflict", New: "resolved", Message: fmt.Sprintf("node %s: instance %s (boot %s) silent for %s; "+
+						"only instance %s (boot %s) speaks for it now", n.ID, silent.ID, silent.BootID,
+						now.Sub(silent.LastHeard).Round(time.Second), speaks.ID, speaks.BootID)})
+			}
 		}
 	}
 }
@@ -273,6 +372,11 @@ func (f *Fleet) Nodes() []Node {
 	out := make([]Node, 0, len(f.nodes))
 	for _, n := range f.nodes {
 		c := n.Node
+		if n.Conflict != nil {
+			conflict := *n.Conflict
+			conflict.Instances = slices.Clone(conflict.Instances)
+			c.Conflict = &conflict
+		}
 		if n.Utilization != nil {
 			c.Utilization = make(map[string]float64, len(n.Utilization))
 			for k, v := range n.Utilization {

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -88,5 +89,178 @@ func TestLastWillMarksOffline(t *testing.T) {
 	}
 	if got, _ := f.Events(1); len(got) != 1 || got[0].ID != 2 {
 		t.Fatalf("events after 1: %+v", got)
+	}
+}
+
+// hbAt is a heartbeat of node n by instance inst (boot boot) numbered seq,
+// stamped by the node's clock at stamp.
+func hbAt(t *testing.T, seq uint64, inst, boot string, stamp time.Time, unsynced bool) []byte {
+	t.Helper()
+	var e telemetry.Encoder
+	hb := telemetry.Heartbeat{Node: "n", Seq: seq, Time: stamp, Version: fmt.Sprintf("v%d", seq), Health: telemetry.Healthy,
+		Instance: inst, BootID: boot}
+	data, err := e.Encode(telemetry.Header{Node: "n", Seq: seq, Time: stamp, Kind: telemetry.KindHeartbeat, Unsynced: unsynced}, hb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append([]byte(nil), data...)
+}
+
+// TestLivenessByReceipt feeds heartbeats from nodes whose clocks are wrong:
+// one reads 1970 (no real-time clock, NTP not yet reached), one is hours
+// ahead, one hours behind. Each is online while its heartbeats arrive, with
+// the time of receipt as its last heartbeat and its own clock kept apart,
+// and goes offline three intervals after they stop.
+func TestLivenessByReceipt(t *testing.T) {
+	received := time.Unix(1795301700, 0)
+	for _, tt := range []struct {
+		name     string
+		clock    func(time.Time) time.Time
+		unsynced bool
+	}{
+		{"clock at 1970", func(r time.Time) time.Time { return time.Unix(300, 0).Add(r.Sub(received)) }, true},
+		{"clock 6 h ahead", func(r time.Time) time.Time { return r.Add(6 * time.Hour) }, false},
+		{"clock 6 h behind", func(r time.Time) time.Time { return r.Add(-6 * time.Hour) }, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := NewFleet(Options{HeartbeatInterval: 10 * time.Second})
+			var at time.Time
+			for i := range uint64(4) {
+				at = received.Add(time.Duration(i) * 10 * time.Second)
+				if err := f.Handle("edge/n/heartbeat", hbAt(t, i+1, "i1", "b1", tt.clock(at), tt.unsynced), at); err != nil {
+					t.Fatal(err)
+				}
+				f.Check(at.Add(time.Second))
+				n := f.Nodes()[0]
+				if !n.Online || !n.LastHeartbeat.Equal(at) || !n.NodeTime.Equal(tt.clock(at)) || n.Unsynced != tt.unsynced {
+					t.Fatalf("heartbeat %d: %+v", i+1, n)
+				}
+			}
+			f.Check(at.Add(29 * time.Second))
+			if !f.Nodes()[0].Online {
+				t.Fatal("offline before three heartbeats were missed")
+			}
+			f.Check(at.Add(31 * time.Second))
+			if f.Nodes()[0].Online {
+				t.Fatal("still online after three missed heartbeats")
+			}
+			events, _ := f.Events(0)
+			if len(events) != 2 || events[0].New != "online" || events[1].New != "offline" || events[1].Message != "node n is offline (no heartbeat for 31s)" {
+				t.Errorf("events %+v", events)
+			}
+		})
+	}
+}
+
+// A heartbeat that arrives after a later one (from a backlog) does not move
+// the view back.
+func TestLateHeartbeatKeepsView(t *testing.T) {
+	f := NewFleet(Options{HeartbeatInterval: 10 * time.Second})
+	at := time.Unix(1795301700, 0)
+	f.Handle("edge/n/heartbeat", hbAt(t, 10, "i1", "b1", at, false), at)
+	f.Handle("edge/n/heartbeat", hbAt(t, 8, "i1", "b1", at.Add(-20*time.Second), false), at.Add(5*time.Second))
+	if n := f.Nodes()[0]; n.HeartbeatSeq != 10 || n.Version != "v10" || !n.LastHeartbeat.Equal(at) || !n.NodeTime.Equal(at) || n.Messages != 2 {
+		t.Errorf("view moved back: %+v", n)
+	}
+}
+
+// TestInstanceConflicts feeds heartbeats of one node id from agent instances
+// (instance, seq, seconds after the start; each instance on its own boot) and
+// expects a conflict only when two live agents alternate, raised once.
+func TestInstanceConflicts(t *testing.T) {
+	type beat struct {
+		inst string
+		seq  uint64
+		sec  float64
+	}
+	start := time.Unix(1795301700, 0)
+	for _, tt := range []struct {
+		name     string
+		beats    []beat
+		conflict bool
+	}{
+		{"restart", []beat{{"a", 1, 0}, {"a", 2, 10}, {"b", 5, 30}, {"b", 6, 40}, {"b", 7, 50}}, false},
+		{"restart, the old one's backlog arriving late", []beat{{"a", 1, 0}, {"a", 2, 10}, {"b", 5, 20}, {"a", 3, 20.1}, {"b", 6, 30}}, false},
+		{"restarts, backlog of the first arriving late", []beat{{"a", 1, 0}, {"b", 3, 5}, {"c", 5, 8}, {"a", 2, 8.1}, {"c", 6, 18}}, false},
+		{"clones of one state directory", []beat{{"a", 10, 0}, {"b", 11, 1}, {"a", 12, 10}, {"b", 13, 11}, {"a", 14, 20}, {"b", 15, 21}, {"a", 16, 30}}, true},
+		{"a clone with a fresh state directory", []beat{{"a", 1000, 0}, {"b", 1, 2}, {"a", 1001, 10}, {"b", 2, 12}, {"a", 1002, 20}, {"b", 3, 22}}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := NewFleet(Options{HeartbeatInterval: 10 * time.Second})
+			for _, b := range tt.beats {
+				at := start.Add(time.Duration(b.sec * float64(time.Second)))
+				if err := f.Handle("edge/n/heartbeat", hbAt(t, b.seq, b.inst, "boot-"+b.inst, at, false), at); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var conflicts []EventRecord
+			events, _ := f.Events(0)
+			for _, e := range events {
+				if e.New == "conflict" {
+					conflicts = append(conflicts, e)
+				}
+			}
+			n := f.Nodes()[0]
+			if !tt.conflict {
+				if len(conflicts) != 0 || n.Conflict != nil {
+					t.Errorf("conflict raised: %+v, %+v", conflicts, n.Conflict)
+				}
+				return
+			}
+			if len(conflicts) != 1 || n.Conflict == nil || len(n.Conflict.Instances) != 2 {
+				t.Fatalf("conflict events %+v, node %+v", conflicts, n.Conflict)
+			}
+			e := conflicts[0]
+			if e.Kind != "node" || e.Subject != "n" || e.Severity != telemetry.Critical ||
+				e.Message != "node n is claimed by two live agents, whose heartbeats alternate: instance a (boot boot-a) and instance b (boot boot-b)" {
+				t.Errorf("conflict event %+v", e)
+			}
+		})
+	}
+}
+
+// TestConflictResolved: two clones alternate, one falls silent while the
+// other goes on, and after ten intervals the conflict is resolved, once
+// (checked at each heartbeat here: b, last heard at 51 s, is found silent at
+// 160 s); when the silent one speaks again it is a new conflict.
+func TestConflictResolved(t *testing.T) {
+	f := NewFleet(Options{HeartbeatInterval: 10 * time.Second})
+	start := time.Unix(1795301700, 0)
+	seq := uint64(0)
+	beat := func(inst string, sec int) {
+		seq++
+		at := start.Add(time.Duration(sec) * time.Second)
+		f.Handle("edge/n/heartbeat", hbAt(t, seq, inst, "boot-"+inst, at, false), at)
+		f.Check(at)
+	}
+	for sec := 0; sec < 60; sec += 10 {
+		beat("a", sec)
+		beat("b", sec+1)
+	}
+	for sec := 60; sec < 200; sec += 10 { // b is silent
+		beat("a", sec)
+	}
+	if c := f.Nodes()[0].Conflict; c != nil {
+		t.Errorf("conflict still set: %+v", c)
+	}
+	for sec := 200; sec < 230; sec += 10 {
+		beat("b", sec)
+		beat("a", sec+1)
+	}
+	var kinds []string
+	events, _ := f.Events(0)
+	for _, e := range events {
+		kinds = append(kinds, e.New)
+		if e.New == "resolved" && (e.Severity != telemetry.Info ||
+			e.Message != "node n: instance b (boot boot-b) silent for 1m49s; only instance a (boot boot-a) speaks for it now") {
+			t.Errorf("resolved event %+v", e)
+		}
+	}
+	if strings.Join(kinds, " ") != "online conflict resolved conflict" {
+		t.Errorf("events %v", kinds)
+	}
+	// b is back and replaces a, and a speaks again: a came back first.
+	if c := f.Nodes()[0].Conflict; c == nil || c.Instances[0].ID != "a" || c.Instances[1].ID != "b" || !c.Since.Equal(start.Add(201*time.Second)) {
+		t.Errorf("second conflict %+v", c)
 	}
 }
