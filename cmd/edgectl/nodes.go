@@ -63,7 +63,9 @@ func nodes(args []string, stdout, stderr io.Writer) int {
 	return cli.ExitOK
 }
 
-// writeNodes prints the fleet as a table that fits 80 columns.
+// writeNodes prints the fleet as a table that fits 80 columns, then a note
+// for each node claimed by two agents, and for each whose clock is unsynced
+// or off the controller's by a minute or more (SEEN is by the controller's).
 func writeNodes(w io.Writer, list []controller.Node, now time.Time) {
 	fmt.Fprintf(w, "%-20s %-7s %-12s %-4s %8s %6s %5s %5s %5s\n", "NODE", "STATE", "VERSION", "SLOT", "HB SEQ", "SEEN", "CPU%", "MEM%", "DISK%")
 	for _, n := range list {
@@ -83,6 +85,29 @@ func writeNodes(w io.Writer, list []controller.Node, now time.Time) {
 		}
 		fmt.Fprintf(w, "%-20s %-7s %-12s %-4s %8d %6s %5s %5s %5s\n", clip(n.ID, 20), state, clip(orDash(n.Version), 12),
 			clip(orDash(n.Slot), 4), n.HeartbeatSeq, seen, pct("cpu_percent"), pct("memory_percent"), pct("disk_percent"))
+	}
+	for _, n := range list {
+		if c := n.Conflict; c != nil {
+			fmt.Fprintf(w, "%s: claimed by two live agents for %s:\n", clip(n.ID, 20), ago(now.Sub(c.Since)))
+			for _, in := range c.Instances {
+				fmt.Fprintf(w, "  instance %s, boot %s, heard %s ago\n", clip(in.ID, 16), clip(orDash(in.BootID), 8), ago(now.Sub(in.LastHeard)))
+			}
+		}
+		if n.NodeTime.IsZero() {
+			continue
+		}
+		off, how := n.NodeTime.Sub(n.LastHeartbeat), "ahead"
+		if off < 0 {
+			off, how = -off, "behind"
+		}
+		if !n.Unsynced && off < time.Minute {
+			continue
+		}
+		clock := n.NodeTime.UTC().Format("2006-01-02 15:04Z")
+		if n.Unsynced {
+			clock += " unsynced"
+		}
+		fmt.Fprintf(w, "%s: clock %s, %s %s\n", clip(n.ID, 20), clock, ago(off), how)
 	}
 }
 

@@ -92,7 +92,8 @@ func agentArgs(t *testing.T, dir, broker, node, yaml string, extra ...string) []
 
 // TestSystem runs the controller with its embedded broker, and against a real
 // mosquitto, with one agent each: the node appears online with live
-// utilization, the table fits 80 columns, and a killed agent turns offline
+// utilization, its agent's instance and clock, and no conflict; the table
+// fits 80 columns, and a killed agent turns offline
 // within the keepalive window through its last will.
 func TestSystem(t *testing.T) {
 	for _, broker := range []string{"embedded", "mosquitto"} {
@@ -123,7 +124,8 @@ func TestSystem(t *testing.T) {
 			}, func() string {
 				return fmt.Sprintf("node %+v\ncontroller:\n%s\nagent:\n%s", node, ctlLog.String(), agentLog.String())
 			})
-			if node.ID != "node-"+broker || node.Version != "devel" || node.Health == "" {
+			if node.ID != "node-"+broker || node.Version != "devel" || node.Health == "" || node.Instance == "" ||
+				node.NodeTime.IsZero() || node.Conflict != nil || time.Since(node.LastHeartbeat) > 5*time.Second {
 				t.Errorf("node %+v", node)
 			}
 			table, err := exec.Command(edgectlBin, "nodes", "--server", "http://"+api).Output()
