@@ -43,7 +43,7 @@ type degraded struct {
 // there: the uplink is degraded in every case, which the tests ignore.
 func startDegraded(t *testing.T, dir, extra string, wrap ...string) *degraded {
 	t.Helper()
-	d := &degraded{t: t, http: freePort(t)}
+	d := &degraded{t: t, http: testenv.FreePort(t)}
 	cfg := filepath.Join(dir, "config.yaml")
 	base := fmt.Sprintf(`node:
   id: degrade-test
@@ -94,16 +94,6 @@ func mergeYAML(base, extra string) string {
 		base = regexp.MustCompile(`(?ms)^`+regexp.QuoteMeta(s)+`.*?(^\S|\z)`).ReplaceAllString(base, "$1")
 	}
 	return base + extra
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // healthz returns /healthz's status code and body, or 0 while it does not
@@ -403,10 +393,10 @@ func TestReadOnlyRoot(t *testing.T) {
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	os.MkdirAll(state, 0o750)
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	cfg := filepath.Join(dir, "config.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("node:\n  id: ro-root\nuplink:\n  brokers: [tcp://127.0.0.1:1]\nheartbeat:\n  interval: 1s\n"+
-		"http:\n  listen: %s\nstatsd:\n  listen: %s\ncollect:\n  host: 1s\n  net: 1s\n  disk: 1s\n  agent: 1s\n", port, freePort(t))), 0o644)
+		"http:\n  listen: %s\nstatsd:\n  listen: %s\ncollect:\n  host: 1s\n  net: 1s\n  disk: 1s\n  agent: 1s\n", port, testenv.FreePort(t))), 0o644)
 	script := `set -e
 mount --make-rprivate /
 for m in $(findmnt -rn -o TARGET | grep -v -e '^/proc' -e '^/sys' -e '^/dev' | sort -u); do

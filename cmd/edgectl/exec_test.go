@@ -18,7 +18,7 @@ import (
 // the built-in ping, the example plugin shipped in examples/plugins, a plugin
 // that fails with output on both streams, a refused name, and --all.
 func TestExecEndToEnd(t *testing.T) {
-	api, mqttAddr := freePort(t), freePort(t)
+	api, mqttAddr := testenv.FreePort(t), testenv.FreePort(t)
 	start(t, edgectlBin, "serve", "--http", api, "--mqtt", mqttAddr, "--heartbeat", "1s")
 	dir := t.TempDir()
 	plugins := filepath.Join(dir, "plugins")

@@ -21,7 +21,7 @@ func TestServiceRouterEndToEnd(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", daemon, "../../examples/service").CombinedOutput(); err != nil {
 		t.Fatalf("build examples/service: %v\n%s", err, out)
 	}
-	api, mqttAddr := freePort(t), freePort(t)
+	api, mqttAddr := testenv.FreePort(t), testenv.FreePort(t)
 	start(t, edgectlBin, "serve", "--http", api, "--mqtt", mqttAddr, "--heartbeat", "1s")
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "state", "control.sock")

@@ -29,7 +29,7 @@ func httpGet(url string) (int, string) {
 // /status says the uplink is disconnected and spooling. The host collector
 // is off: on a machine without temperature sensors it degrades the agent.
 func TestAgentStatusEndpoint(t *testing.T) {
-	api, mqttAddr, httpAddr := freePort(t), freePort(t), freePort(t)
+	api, mqttAddr, httpAddr := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	ctl, _ := start(t, edgectlBin, "serve", "--http", api, "--mqtt", mqttAddr)
 	_, agentLog := start(t, agentBin, agentArgs(t, t.TempDir(), "tcp://"+mqttAddr, "st",
 		strings.Replace(fastAgent, "host: 1s", "host: 0s", 1), "--http", httpAddr)...)

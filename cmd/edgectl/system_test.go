@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,16 +33,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // start runs a binary until the test ends and returns its combined output.
@@ -98,11 +87,11 @@ func agentArgs(t *testing.T, dir, broker, node, yaml string, extra ...string) []
 func TestSystem(t *testing.T) {
 	for _, broker := range []string{"embedded", "mosquitto"} {
 		t.Run(broker, func(t *testing.T) {
-			api := freePort(t)
+			api := testenv.FreePort(t)
 			args := []string{"serve", "--http", api, "--heartbeat", "1s"}
 			url := ""
 			if broker == "embedded" {
-				mqttAddr := freePort(t)
+				mqttAddr := testenv.FreePort(t)
 				args = append(args, "--mqtt", mqttAddr)
 				url = "tcp://" + mqttAddr
 			} else {

@@ -6,6 +6,7 @@ package testenv
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -88,4 +89,16 @@ func Run(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %v: %v\n%s%s", name, args, err, out, stderr.String())
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// FreePort returns a loopback address whose TCP port was free a moment ago
+// (its UDP twin almost always is too), for a server the test starts.
+func FreePort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
