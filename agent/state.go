@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,9 +114,9 @@ func (s *state) close() {
 }
 
 // nodeID decides the node id: node.id (config or flag) wins; then the
-// provisioned node.id_file; then the id generated on the first start and
-// kept in the state directory. Never the host name alone: appliances of one
-// image share it, and two nodes under one id kick each other off the broker.
+// provisioned node.id_file; then the id kept in the state directory, made
+// on the first start. Never the host name alone: appliances of one image
+// share it, and two nodes under one id kick each other off the broker.
 func (s *state) nodeID(cfg *config.Config) error {
 	if cfg.Node.ID != "" {
 		s.node = cfg.Node.ID
@@ -122,28 +124,48 @@ func (s *state) nodeID(cfg *config.Config) error {
 	}
 	if f := cfg.Node.IDFile; f != "" {
 		id, err := readID(f)
-		switch {
-		case err == nil:
+		if err == nil {
 			s.node = id
 			return nil
-		case !errors.Is(err, fs.ErrNotExist):
+		}
+		if !errors.Is(err, errNoID) && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%w: node.id_file: %v", ErrUnusable, err)
 		}
-		s.log.Warn("node.id_file is missing; using the id kept in the state directory", "file", f)
+		s.log.Warn("node.id_file holds no node id; using the id kept in the state directory", "err", err)
 	}
 	path := filepath.Join(s.dir, "node-id")
 	id, err := readID(path)
-	if err == nil {
+	switch {
+	case err == nil:
 		s.node = id
 		return nil
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNoID):
+		s.node = s.firstID()
+		s.log.Info("node id made on the first start", "node", s.node, "file", path)
+	default:
+		// The kept id exists but cannot be read now (EIO): never overwrite
+		// it; serve under the id derived from the hardware meanwhile.
+		s.node = hardwareID()
+		s.unsaved["node id"] = fmt.Errorf("kept id unreadable, serving as %s: %w", s.node, err)
+		s.log.Error("kept node id unreadable; serving under the id derived from the hardware", "err", err, "node", s.node)
+		return nil
 	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		s.log.Warn("kept node id unusable; generating another", "err", err)
+	s.generated = true
+	if err := atomicfile.WriteFile(path, []byte(s.node+"\n"), 0o640); err != nil {
+		// It would not survive a restart: prefer an id the next start
+		// derives again, and keep trying to persist it.
+		s.node = hardwareID()
+		s.log.Warn("node id cannot be kept; serving under the id derived from the hardware", "err", err, "node", s.node)
+		return nil
 	}
-	s.node, s.generated = generateID(), true
-	s.log.Info("node id generated", "node", s.node, "file", path)
+	s.generated = false
 	return nil
 }
+
+// errNoID: the file is there but holds no usable node id (empty, as an
+// image's /etc/machine-id before its first boot, systemd's "uninitialized",
+// or not a valid id).
+var errNoID = errors.New("no node id")
 
 // readID reads the first line of path as a node id.
 func readID(path string) (string, error) {
@@ -152,28 +174,67 @@ func readID(path string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	data, _ := io.ReadAll(io.LimitReader(f, 256))
+	data, err := io.ReadAll(io.LimitReader(f, 256))
+	if err != nil {
+		return "", err
+	}
 	id, _, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
-	if !config.ValidNodeID(id) {
-		return "", fmt.Errorf("%s holds %.70q, not a node id", path, id)
+	if id == "uninitialized" || !config.ValidNodeID(id) {
+		return "", fmt.Errorf("%w: %s holds %.70q", errNoID, path, id)
 	}
 	return id, nil
 }
 
-var unsafeHostChars = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
-
-// generateID makes an id unique in any fleet (48 random bits) that an
-// operator can still recognise: the host name, then the random part.
-func generateID() string {
+// firstID makes the id of a node's first start. A state directory that an
+// earlier version used (it holds a sequence file) keeps that version's id,
+// the machine id or else the host name, so an upgrade does not turn a node
+// into a new one; otherwise the host name and 48 random bits, unique in any
+// fleet and still recognisable.
+func (s *state) firstID() string {
+	if _, err := os.Stat(filepath.Join(s.dir, "seq")); err == nil {
+		if id, err := readID("/etc/machine-id"); err == nil {
+			return id
+		}
+		if host, _ := os.Hostname(); config.ValidNodeID(host) {
+			return host
+		}
+	}
 	var b [6]byte
 	rand.Read(b[:])
-	random := hex.EncodeToString(b[:])
+	return withHost(hex.EncodeToString(b[:]))
+}
+
+var unsafeHostChars = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+// withHost prefixes suffix with the host name, cut to fit a node id.
+func withHost(suffix string) string {
 	host, _ := os.Hostname()
 	host = strings.Trim(unsafeHostChars.ReplaceAllString(host, "-"), "-._")
 	if host == "" || host == "localhost" {
 		host = "node"
 	}
-	return host[:min(len(host), 64-1-len(random))] + "-" + random
+	return host[:min(len(host), 64-1-len(suffix))] + "-" + suffix
+}
+
+// hardwareID derives an id from what identifies this machine: the DMI
+// product UUID, the device-tree serial number, and the addresses of its
+// physical NICs. The same machine derives it again at every start, which
+// a random id that cannot be kept would not give.
+func hardwareID() string {
+	h := sha256.New()
+	for _, f := range []string{"/sys/class/dmi/id/product_uuid", "/proc/device-tree/serial-number"} {
+		if data, err := os.ReadFile(f); err == nil {
+			h.Write(data)
+		}
+	}
+	nics, _ := filepath.Glob("/sys/class/net/*/device")
+	slices.Sort(nics)
+	for _, dev := range nics {
+		if mac, err := os.ReadFile(filepath.Join(filepath.Dir(dev), "address")); err == nil {
+			h.Write(mac)
+		}
+	}
+	return withHost(hex.EncodeToString(h.Sum(nil)[:6]))
 }
 
 // save persists what is due: a generated node id not yet written, and the

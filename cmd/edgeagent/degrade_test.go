@@ -308,19 +308,20 @@ func mount(t *testing.T, args ...string) {
 }
 
 // TestStateDirReadOnly: a data partition remounted read-only (a failing SD
-// card) must not stop the agent: it runs from memory and says what is not
-// persisted, and its sequence numbers go on above what the file knew.
+// card) before the agent ever ran on it must not stop the agent: it runs
+// from memory (the spool's directory cannot even be made) and says what is
+// not persisted.
 func TestStateDirReadOnly(t *testing.T) {
 	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
-	d := startDegraded(t, dir, "")
-	d.stop()
+	os.MkdirAll(state, 0o750)
 	mount(t, "--bind", state, state)
 	testenv.Run(t, "mount", "-o", "remount,bind,ro", state)
-	d = startDegraded(t, dir, "")
+	d := startDegraded(t, dir, "")
 	d.waitProblem("state", "not persisted", "sequence numbers", "read-only file system")
 	d.waitProblem("control socket", "read-only file system", "trying again")
+	d.waitProblem("spool", "read-only file system")
 	d.collectorOK("net")
 	d.stop()
 }
@@ -346,11 +347,13 @@ func TestStateDirFull(t *testing.T) {
 }
 
 // TestNodeIDGeneratedOnceAndKept: without node.id, and with the
-// provisioned id file missing, the agent generates an id on its first start
-// and keeps it; the host name alone is never the id.
+// provisioned id file empty (an image's /etc/machine-id before its first
+// boot), the agent generates an id on its first start and keeps it; the
+// host name alone is never the id.
 func TestNodeIDGeneratedOnceAndKept(t *testing.T) {
 	dir := t.TempDir()
-	extra := "node:\n  id: \"\"\n  id_file: " + filepath.Join(dir, "missing-id") + "\n"
+	os.WriteFile(filepath.Join(dir, "machine-id"), nil, 0o444)
+	extra := "node:\n  id: \"\"\n  id_file: " + filepath.Join(dir, "machine-id") + "\n"
 	d := startDegraded(t, dir, extra)
 	d.stop()
 	kept, err := os.ReadFile(filepath.Join(dir, "state", "node-id"))
@@ -366,6 +369,25 @@ func TestNodeIDGeneratedOnceAndKept(t *testing.T) {
 	d.stop()
 	if !strings.Contains(d.log.String(), "node="+id) {
 		t.Fatalf("second start did not use the kept id %s:\n%s", id, d.log.String())
+	}
+}
+
+// TestNodeIDKeptAcrossUpgrade: a state directory an earlier version used
+// (it has a sequence file, no kept id) keeps that version's id, the machine
+// id or else the host name, so the upgrade does not make a new node.
+func TestNodeIDKeptAcrossUpgrade(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "state"), 0o750)
+	os.WriteFile(filepath.Join(dir, "state", "seq"), []byte("2001\n"), 0o640)
+	want, _ := os.Hostname()
+	if data, err := os.ReadFile("/etc/machine-id"); err == nil && len(strings.TrimSpace(string(data))) == 32 {
+		want = strings.TrimSpace(string(data))
+	}
+	d := startDegraded(t, dir, "node:\n  id: \"\"\n")
+	d.stop()
+	kept, _ := os.ReadFile(filepath.Join(dir, "state", "node-id"))
+	if got := strings.TrimSpace(string(kept)); got != want || !strings.Contains(d.log.String(), "node="+want) {
+		t.Fatalf("kept id %q, want the earlier version's %q:\n%s", got, want, d.log.String())
 	}
 }
 

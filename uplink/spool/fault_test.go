@@ -434,3 +434,33 @@ func copySynced(t *testing.T, dir string, paths ...string) {
 		}
 	}
 }
+
+// TestDirectoryThatCannotBeCreated: a spool whose directory cannot be made
+// (its parent is on a read-only partition, as on a first boot with the data
+// partition remounted read-only) opens in memory and makes the directory
+// once it can.
+func TestDirectoryThatCannotBeCreated(t *testing.T) {
+	testenv.RequireRoot(t)
+	parent := t.TempDir()
+	testenv.Run(t, "mount", "--bind", parent, parent)
+	t.Cleanup(func() { testenv.Run(t, "umount", "-l", parent) })
+	testenv.Run(t, "mount", "-o", "remount,bind,ro", parent)
+	dir := filepath.Join(parent, "spool")
+	s := openWith(t, Options{Dir: dir, RetryInterval: time.Millisecond})
+	defer s.Close()
+	if f := s.Stats().Fault; !strings.Contains(f, "read-only file system") {
+		t.Fatalf("fault %q, want the mkdir's error", f)
+	}
+	if err := s.Put(1, Record{Topic: "t", Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Run(t, "mount", "-o", "remount,bind,rw", parent)
+	time.Sleep(5 * time.Millisecond)
+	s.Spill()
+	if f := s.Stats().Fault; f != "" {
+		t.Fatalf("still faulted after the remount: %s", f)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("directory not made: %v", err)
+	}
+}

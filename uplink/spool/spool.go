@@ -13,8 +13,9 @@
 // flash, or anything else a read returns) is renamed aside (*.unreadable) and
 // its records are lost; both count as quarantined, and where the rename
 // fails too the segment is left in place and skipped. Segment numbers are
-// never used again, those of files set aside included. Once its directory
-// exists or can be created, the spool opens.
+// never used again, those of files set aside included. The spool always
+// opens: a directory that cannot be created is a fault like any other, and
+// is created when it can be.
 //
 // Flash that cannot be written (read-only, full, failing) degrades the spool
 // and does not stop it. Any change to the directory that fails (creating,
@@ -138,8 +139,9 @@ type Spool struct {
 
 var errClosed = errors.New("spool closed")
 
-// Open recovers the spool in dir, creating it when missing. It fails only
-// when the directory does not exist and cannot be created.
+// Open recovers the spool in dir, creating it when missing. It does not
+// fail: a directory that cannot be created (a read-only or full partition)
+// leaves the spool in memory, with Stats.Fault saying why, until it can be.
 func Open(opts Options) (*Spool, error) {
 	if opts.MaxBytes <= 0 {
 		opts.MaxBytes = 64 << 20
@@ -156,10 +158,13 @@ func Open(opts Options) (*Spool, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
-		return nil, fmt.Errorf("spool: %w", err)
-	}
 	s := &Spool{opts: opts, segmentMax: max(opts.MaxBytes/8, 64<<10), bySeq: map[uint64]*item{}}
+	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+		// A read-only or full partition, or one not mounted yet: the spool
+		// starts in memory and makes the directory when it can.
+		s.setFault(err)
+		return s, nil
+	}
 	s.stats.Dropped = s.readDropped()
 	s.recover()
 	return s, nil
@@ -377,7 +382,10 @@ func (s *Spool) tend() {
 // dropped count (written even when unchanged: it is the probe) and the files
 // of segments no longer in use. It clears the fault when both work.
 func (s *Spool) retry() {
-	err := s.writeDropped()
+	err := os.MkdirAll(s.opts.Dir, 0o750)
+	if err == nil {
+		err = s.writeDropped()
+	}
 	if err == nil {
 		err = s.removeStale()
 	}
