@@ -97,7 +97,7 @@ func guestTree(t *testing.T, a arch, k kit, b *binaries, files map[string]string
 	t.Helper()
 	root := t.TempDir()
 	for _, d := range []string{"bin", "sbin", "usr/bin", "etc/init.d", "etc/default", "etc/edgeagent",
-		"lib/modules/edge", "proc", "sys", "dev", "run", "tmp", "var", "data", "newroot", "root"} {
+		"lib/modules/edge", "usr/lib/edgeagent/plugins", "proc", "sys", "dev", "run", "tmp", "var", "data", "newroot", "root"} {
 		must(t, os.MkdirAll(filepath.Join(root, d), 0o755))
 	}
 	copyFile(t, filepath.Join(k.dir, "busybox"), filepath.Join(root, "bin/busybox"), 0o755)
@@ -116,6 +116,7 @@ func guestTree(t *testing.T, a arch, k kit, b *binaries, files map[string]string
 		"guest/rcS":            "etc/init.d/rcS",
 		"guest/rcK":            "etc/init.d/rcK",
 		"../init/S95edgeagent": "etc/init.d/S95edgeagent",
+		"guest/sleeper":        "usr/lib/edgeagent/plugins/sleeper",
 		b.agent[a.name]:        "usr/bin/edgeagent",
 		b.udpsend[a.name]:      "usr/bin/udpsend",
 	} {

@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -80,6 +81,14 @@ func bootInitramfs(t *testing.T, a arch, k kit, b *binaries) {
 	if out, code := m.run("/etc/init.d/S95edgeagent start", commandTimeout); code != 0 || !strings.Contains(out, "already running") {
 		t.Errorf("S95edgeagent start while running exited %d:\n%s", code, out)
 	}
+	// A plugin still running when the agent stops must not outlive it.
+	plugin := exec.Command(c.bin, "exec", "--server", c.api, "--timeout", "5m", node, "sleeper")
+	must(t, plugin.Start())
+	t.Cleanup(func() { plugin.Process.Kill(); plugin.Wait() })
+	if out, code := m.run("i=0; until pidof sleep; do i=$((i+1)); [ $i -lt 100 ] || break; usleep 100000; done", commandTimeout); code != 0 {
+		t.Errorf("the sleeper plugin did not start within 10s:\n%s", out)
+	}
+
 	stopAt := time.Now()
 	out, code := m.run("/etc/init.d/S95edgeagent stop", commandTimeout)
 	took := time.Since(stopAt)
@@ -97,8 +106,8 @@ func bootInitramfs(t *testing.T, a arch, k kit, b *binaries) {
 	if !clean {
 		t.Errorf("no clean-stop offline event for %s: %+v", node, c.events(t))
 	}
-	if out, code := m.run("pidof edgeagent", commandTimeout); code != 1 {
-		t.Errorf("pidof edgeagent after stop exited %d (want 1, none): %s", code, out)
+	if out, code := m.run("pidof edgeagent sleep", commandTimeout); code != 1 {
+		t.Errorf("pidof edgeagent sleep after stop exited %d (want 1, none): %s", code, out)
 	}
 	if out, code := m.run("/etc/init.d/S95edgeagent status", commandTimeout); code != 3 {
 		t.Errorf("S95edgeagent status after stop exited %d (want 3, not running): %s", code, out)
