@@ -112,8 +112,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	instance := instanceID()
 	var disp *dispatch.Dispatcher // made below, once the uplink can carry its results
-	up, err := a.newUplink(st, sp, func(env telemetry.Envelope) { disp.Handle(env) })
+	up, err := a.newUplink(st, sp, instance, func(env telemetry.Envelope) { disp.Handle(env) })
 	if err != nil {
 		sp.Close()
 		return err
@@ -157,7 +158,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { st.run(producers) })
 	wg.Go(func() {
 		sched.RunHeartbeat(producers, collectors.HeartbeatOptions{Node: st.node, Version: bi.Version, BootID: bootID,
-			Instance: instanceID(), Interval: a.cfg.Heartbeat.Interval, Seq: st.seq, Started: started,
+			Instance: instance, Interval: a.cfg.Heartbeat.Interval, Seq: st.seq, Started: started,
 			Spool: spoolCounts(sp), Health: hl.summary})
 	})
 	<-ctx.Done()
@@ -192,14 +193,15 @@ func (a *Agent) openSpool(st *state) (*spool.Spool, error) {
 
 // newUplink prepares the MQTT session (Run connects); it fails only when
 // TLS is configured and its files cannot be read.
-func (a *Agent) newUplink(st *state, sp *spool.Spool, onCommand func(telemetry.Envelope)) (*uplink.Uplink, error) {
+func (a *Agent) newUplink(st *state, sp *spool.Spool, instance string, onCommand func(telemetry.Envelope)) (*uplink.Uplink, error) {
 	c := a.cfg.Uplink
 	up, err := uplink.New(uplink.Options{
 		Brokers: c.Brokers, Node: st.node, TopicPrefix: c.TopicPrefix, Username: c.Username, Password: c.Password,
 		CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
 		Keepalive: c.Keepalive, ConnectTimeout: c.ConnectTimeout, PublishTimeout: c.PublishTimeout,
 		FlushInterval: c.FlushInterval, MaxBackoff: c.MaxBackoff, MaxMessage: int(c.MaxMessage),
-		Spool: sp, Seq: st.seq, Stamp: st.floor.Stamp, Log: a.log.With("component", "uplink"), OnCommand: onCommand,
+		Spool: sp, Seq: st.seq, Stamp: st.floor.Stamp, Instance: instance, Log: a.log.With("component", "uplink"),
+		OnCommand: onCommand,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnusable, err)

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strings"
 	"sync"
@@ -91,8 +92,8 @@ type Fleet struct {
 
 type nodeState struct {
 	Node
-	seen  map[uint64]struct{} // sequence numbers accepted recently
-	order []uint64            // the same, oldest first, to bound seen
+	seen  map[msgID]struct{} // messages accepted recently
+	order []msgID            // the same, oldest first, to bound seen
 
 	speaker  Instance   // the instance whose heartbeat was received last
 	replaced []replaced // instances replaced as speaker within the conflict window
@@ -115,6 +116,21 @@ const (
 	conflictQuiet  = 10
 )
 
+// msgID names a message for de-duplication: its sender's instance (hashed)
+// and its seq. The node's numbers never go backwards while it can persist
+// them; the instance keeps two machines under one id, and numbers repeated
+// after a restart that could not persist them, apart.
+type msgID struct {
+	instance uint64
+	seq      uint64
+}
+
+func newMsgID(env telemetry.Envelope) msgID {
+	h := fnv.New64a()
+	h.Write([]byte(env.Instance))
+	return msgID{instance: h.Sum64(), seq: env.Seq}
+}
+
 // dedupWindow is how many recent sequence numbers per node are remembered:
 // more than a full 64 MiB spool drained after a day-long outage holds.
 const dedupWindow = 200_000
@@ -136,8 +152,8 @@ func NewFleet(opts Options) *Fleet {
 
 // Handle takes one message from topic <prefix>/<node>/<kind>. Messages that
 // do not decode, or whose node does not match the topic, are refused with an
-// error and counted; a message already seen (same node and seq) is counted
-// as a duplicate and otherwise ignored.
+// error and counted; a message already seen (same node, instance and seq) is
+// counted as a duplicate and otherwise ignored.
 func (f *Fleet) Handle(topic string, payload []byte, now time.Time) error {
 	env, err := telemetry.Decode(payload)
 	if err == nil {
@@ -170,12 +186,13 @@ func (f *Fleet) Handle(topic string, payload []byte, now time.Time) error {
 		f.setOnline(n, st.State == "online", now, why, st.Clean)
 		return nil
 	}
-	if _, dup := n.seen[env.Seq]; dup {
+	id := newMsgID(env)
+	if _, dup := n.seen[id]; dup {
 		n.Duplicates++
 		return nil
 	}
-	n.seen[env.Seq] = struct{}{}
-	n.order = append(n.order, env.Seq)
+	n.seen[id] = struct{}{}
+	n.order = append(n.order, id)
 	if len(n.order) > dedupWindow {
 		delete(n.seen, n.order[0])
 		n.order = n.order[1:]
@@ -187,13 +204,14 @@ func (f *Fleet) Handle(topic string, payload []byte, now time.Time) error {
 		if err := env.DecodeBody(&hb); err != nil {
 			return err
 		}
-		if hb.Seq >= n.HeartbeatSeq { // a late one from the backlog does not move the view back
+		// A late one from a backlog does not move the view back; a new
+		// instance moves it whatever its numbers.
+		if f.heardInstance(n, hb, now) && (hb.Instance != n.Instance || hb.Seq >= n.HeartbeatSeq) {
 			n.HeartbeatSeq, n.LastHeartbeat, n.NodeTime, n.Unsynced = hb.Seq, now, hb.Time, env.Unsynced
 			n.Version, n.Slot, n.Health, n.Why, n.BootID = hb.Version, hb.Slot, string(hb.Health), hb.Why, hb.BootID
 			n.Instance, n.SpoolDepth, n.SpoolDropped = hb.Instance, hb.SpoolDepth, hb.Dropped
 			f.setOnline(n, true, now, "heartbeat", false)
 		}
-		f.heardInstance(n, hb, now)
 	case telemetry.KindBatch:
 		batches, err := env.DecodeBatches()
 		if err != nil {
@@ -240,7 +258,7 @@ func (f *Fleet) Expect(id string) (<-chan telemetry.CommandResult, func()) {
 func (f *Fleet) node(id string) *nodeState {
 	n := f.nodes[id]
 	if n == nil {
-		n = &nodeState{Node: Node{ID: id}, seen: map[uint64]struct{}{}}
+		n = &nodeState{Node: Node{ID: id}, seen: map[msgID]struct{}{}}
 		f.nodes[id] = n
 	}
 	return n
@@ -249,10 +267,11 @@ func (f *Fleet) node(id string) *nodeState {
 // heardInstance follows which agent process speaks for n, to tell a restart
 // (one instance replaces another for good) from two live agents claiming one
 // node id (an instance replaced speaks again). The first time two alternate
-// raises a critical conflict event, once per episode.
-func (f *Fleet) heardInstance(n *nodeState, hb telemetry.Heartbeat, now time.Time) {
+// raises a critical conflict event, once per episode. It reports whether hb
+// speaks for the node now (it is not a replaced instance's late backlog).
+func (f *Fleet) heardInstance(n *nodeState, hb telemetry.Heartbeat, now time.Time) bool {
 	if hb.Instance == "" {
-		return // an agent too old to say
+		return true // an agent too old to say
 	}
 	heard := Instance{ID: hb.Instance, BootID: hb.BootID, LastHeard: now}
 	if c := n.Conflict; c != nil {
@@ -264,14 +283,14 @@ func (f *Fleet) heardInstance(n *nodeState, hb telemetry.Heartbeat, now time.Tim
 	}
 	if heard.ID == n.speaker.ID {
 		n.speaker = heard
-		return
+		return true
 	}
 	window := conflictWindow * f.opts.HeartbeatInterval
 	n.replaced = slices.DeleteFunc(n.replaced, func(r replaced) bool { return now.Sub(r.at) > window })
 	i := slices.IndexFunc(n.replaced, func(r replaced) bool { return r.ID == heard.ID })
 	if i >= 0 {
 		if hb.Seq < n.replaced[i].below {
-			return // sent before it was replaced (a restart's backlog), arriving late
+			return false // sent before it was replaced (a restart's backlog), arriving late
 		}
 		if n.Conflict == nil {
 			n.Conflict = &Conflict{Since: now, Instances: []Instance{heard, n.speaker}}
@@ -285,6 +304,7 @@ func (f *Fleet) heardInstance(n *nodeState, hb telemetry.Heartbeat, now time.Tim
 		n.replaced = append(n.replaced, replaced{Instance: n.speaker, at: now, below: hb.Seq})
 	}
 	n.speaker = heard
+	return true
 }
 
 // utilization keeps the headline figures of a node's latest batches.

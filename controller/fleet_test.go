@@ -99,7 +99,8 @@ func hbAt(t *testing.T, seq uint64, inst, boot string, stamp time.Time, unsynced
 	var e telemetry.Encoder
 	hb := telemetry.Heartbeat{Node: "n", Seq: seq, Time: stamp, Version: fmt.Sprintf("v%d", seq), Health: telemetry.Healthy,
 		Instance: inst, BootID: boot}
-	data, err := e.Encode(telemetry.Header{Node: "n", Seq: seq, Time: stamp, Kind: telemetry.KindHeartbeat, Unsynced: unsynced}, hb)
+	data, err := e.Encode(telemetry.Header{Node: "n", Seq: seq, Time: stamp, Kind: telemetry.KindHeartbeat, Unsynced: unsynced,
+		Instance: inst}, hb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,6 +185,9 @@ func TestInstanceConflicts(t *testing.T) {
 		{"restarts, backlog of the first arriving late", []beat{{"a", 1, 0}, {"b", 3, 5}, {"c", 5, 8}, {"a", 2, 8.1}, {"c", 6, 18}}, false},
 		{"clones of one state directory", []beat{{"a", 10, 0}, {"b", 11, 1}, {"a", 12, 10}, {"b", 13, 11}, {"a", 14, 20}, {"b", 15, 21}, {"a", 16, 30}}, true},
 		{"a clone with a fresh state directory", []beat{{"a", 1000, 0}, {"b", 1, 2}, {"a", 1001, 10}, {"b", 2, 12}, {"a", 1002, 20}, {"b", 3, 22}}, true},
+		// Clones of one state directory reserve the same blocks: the same
+		// numbers from two instances are two messages, not a redelivery.
+		{"clones numbering alike", []beat{{"a", 10, 0}, {"b", 10, 1}, {"a", 11, 10}, {"b", 11, 11}, {"a", 12, 20}, {"b", 12, 21}}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := NewFleet(Options{HeartbeatInterval: 10 * time.Second})
@@ -209,6 +213,9 @@ func TestInstanceConflicts(t *testing.T) {
 			}
 			if len(conflicts) != 1 || n.Conflict == nil || len(n.Conflict.Instances) != 2 {
 				t.Fatalf("conflict events %+v, node %+v", conflicts, n.Conflict)
+			}
+			if n.Duplicates != 0 || n.Messages != uint64(len(tt.beats)) {
+				t.Errorf("%d messages and %d duplicates from two instances, want %d and none", n.Messages, n.Duplicates, len(tt.beats))
 			}
 			e := conflicts[0]
 			if e.Kind != "node" || e.Subject != "n" || e.Severity != telemetry.Critical ||

@@ -45,7 +45,8 @@ type State struct {
 }
 
 // Envelope wraps every message: who sent it, its place in the sender's
-// sequence (de-duplication is by node and seq), when, and what it carries.
+// sequence (de-duplication is by node, instance and seq), when, and what it
+// carries.
 type Envelope struct {
 	V    uint            `cbor:"1,keyasint" json:"v"`
 	Node string          `cbor:"2,keyasint" json:"node"`
@@ -56,6 +57,11 @@ type Envelope struct {
 	// Unsynced reports that the sender's clock was below its time floor
 	// when the message was made: its times are the floor's estimate.
 	Unsynced bool `cbor:"7,keyasint,omitempty" json:"unsynced,omitempty"`
+	// Instance is random per start of the sending process: the controller
+	// de-duplicates by (node, instance, seq), so two machines claiming one
+	// node id, or a node whose numbers repeat after a restart (its state
+	// could not be written), are never taken for redeliveries.
+	Instance string `cbor:"8,keyasint,omitempty" json:"instance,omitempty"`
 }
 
 // Header is what an envelope says about its body.
@@ -64,7 +70,8 @@ type Header struct {
 	Seq      uint64
 	Time     time.Time
 	Kind     Kind
-	Unsynced bool // see Envelope.Unsynced
+	Unsynced bool   // see Envelope.Unsynced
+	Instance string // see Envelope.Instance
 }
 
 // MaxMessage is the largest encoded message a receiver accepts; larger input
@@ -176,6 +183,9 @@ func (e *Encoder) header(h Header) []byte {
 	if h.Unsynced {
 		pairs++
 	}
+	if h.Instance != "" {
+		pairs++
+	}
 	b := appendHead(e.buf[:0], majorMap, pairs)
 	b = appendUint(appendUint(b, 1), Version)
 	b = appendText(appendUint(b, 2), h.Node)
@@ -184,6 +194,9 @@ func (e *Encoder) header(h Header) []byte {
 	b = appendUint(appendUint(b, 5), uint64(h.Kind))
 	if h.Unsynced {
 		b = append(appendUint(b, 7), majorSimple|21) // true
+	}
+	if h.Instance != "" {
+		b = appendText(appendUint(b, 8), h.Instance)
 	}
 	return appendUint(b, 6)
 }

@@ -66,7 +66,7 @@ func TestOtherKindsRoundTrip(t *testing.T) {
 	var e Encoder
 	hb := Heartbeat{Node: "n", Seq: 7, Time: time.Unix(1763700000, 0).UTC(), Version: "v1", UptimeSec: 10, BootID: "b",
 		Health: Degraded, Why: "disk failing", SpoolDepth: 3, Dropped: 1, Instance: "3f9a"}
-	data, err := e.Encode(Header{Node: "n", Seq: 7, Time: hb.Time, Kind: KindHeartbeat, Unsynced: true}, hb)
+	data, err := e.Encode(Header{Node: "n", Seq: 7, Time: hb.Time, Kind: KindHeartbeat, Unsynced: true, Instance: "3f9a"}, hb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,13 +74,13 @@ func TestOtherKindsRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !env.Unsynced {
-		t.Error("the unsynced flag was lost")
+	if !env.Unsynced || env.Instance != "3f9a" {
+		t.Errorf("header lost: unsynced %v, instance %q", env.Unsynced, env.Instance)
 	}
 	// Any standard decoder reads the hand-written header, flag included.
 	var generic map[uint64]any
-	if err := cbor.Unmarshal(data, &generic); err != nil || generic[7] != true {
-		t.Errorf("generic decode: %v, key 7 = %v", err, generic[7])
+	if err := cbor.Unmarshal(data, &generic); err != nil || generic[7] != true || generic[8] != "3f9a" {
+		t.Errorf("generic decode: %v, keys 7 and 8 = %v, %v", err, generic[7], generic[8])
 	}
 	var got Heartbeat
 	if err := env.DecodeBody(&got); err != nil {

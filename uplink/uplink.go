@@ -43,7 +43,9 @@ type Options struct {
 	// says whether the clock was unsynced (below the time floor); nil
 	// trusts the clock.
 	Stamp func(time.Time) (time.Time, bool)
-	Log   *slog.Logger
+	// Instance is random per start of the process; every envelope carries it.
+	Instance string
+	Log      *slog.Logger
 	// OnCommand receives each well-formed request from the command topic, on
 	// the uplink's goroutine: it must not block.
 	OnCommand func(telemetry.Envelope)
@@ -231,7 +233,7 @@ func (u *Uplink) header(kind telemetry.Kind, seq uint64) telemetry.Header {
 		seq = u.opts.Seq.Next()
 	}
 	t, unsynced := u.opts.Stamp(time.Now())
-	return telemetry.Header{Node: u.opts.Node, Seq: seq, Time: t, Kind: kind, Unsynced: unsynced}
+	return telemetry.Header{Node: u.opts.Node, Seq: seq, Time: t, Kind: kind, Unsynced: unsynced, Instance: u.opts.Instance}
 }
 
 // stamp is the time a message carries for t, a time.Now reading.

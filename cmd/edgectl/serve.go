@@ -28,9 +28,9 @@ var serveCommand = cli.Command{
 }
 
 const serveHelp = `Run the controller: it ingests what every node publishes, de-duplicates by
-node and sequence number, keeps the fleet view, marks a node offline on its last
-will or after three missed heartbeats, and serves the view over HTTP for
-'edgectl nodes' and 'edgectl events'. Without --broker it embeds an MQTT broker
+node, agent instance and sequence number, keeps the fleet view, marks a node
+offline on its last will or after three missed heartbeats, and serves the view
+over HTTP for 'edgectl nodes' and 'edgectl events'. Without --broker it embeds an MQTT broker
 on --mqtt, so one machine runs the whole system; with --broker it connects to an
 external one (and --share lets several controllers split its ingest).`
 
