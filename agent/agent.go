@@ -129,6 +129,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	rt := router.New(sched.Event, a.log.With("component", "router"))
 	disp = a.newDispatcher(st, sched, sp, stat, rt, up)
 	stat.disp = disp
+	hl.probe(func() []problem {
+		if err := disp.Fault(); err != nil {
+			return []problem{{part: "commands", reason: "not persisted (a request repeated after a restart could run again): " + err.Error()}}
+		}
+		return nil
+	})
 
 	// Producers stop first; the uplink after them, so that the last StatsD
 	// flush and heartbeat still reach the spool. Until it runs, what is
@@ -281,15 +287,15 @@ func (a *Agent) listen(ctx context.Context, wg *sync.WaitGroup, hl *health, sock
 	rt *router.Router, stat *status, sched *collectors.Scheduler) {
 	if addr := a.cfg.StatsD.Listen; addr != "" {
 		retry(ctx, wg, hl, "statsd", func() (net.PacketConn, error) { return sockets.PacketConn("statsd", addr) },
-			func(conn net.PacketConn) {
+			func(conn net.PacketConn) error {
 				srv := statsd.New(conn, statsd.Options{
 					FlushInterval: a.cfg.StatsD.FlushInterval, MaxSeries: a.cfg.StatsD.MaxSeries,
 					ReadBuffer: int(a.cfg.StatsD.ReadBuffer), Emit: sched.Publish, Log: a.log.With("component", "statsd"),
 				})
 				a.statsd.Store(srv)
-				if err := srv.Run(ctx); err != nil {
-					a.log.Error("statsd server stopped", "err", err)
-				}
+				err := srv.Run(ctx)
+				a.statsd.Store(nil)
+				return logStopped(a.log, "statsd server", err)
 			})
 	}
 	control := a.cfg.Control.Socket
@@ -297,29 +303,32 @@ func (a *Agent) listen(ctx context.Context, wg *sync.WaitGroup, hl *health, sock
 		control = filepath.Join(a.cfg.Paths.StateDir, "control.sock")
 	}
 	retry(ctx, wg, hl, "control socket", func() (net.Listener, error) { return sockets.Listener("control", "unix:"+control) },
-		func(l net.Listener) {
-			if err := rt.Serve(ctx, l); err != nil {
-				a.log.Error("control socket stopped", "err", err)
-			}
-		})
+		func(l net.Listener) error { return logStopped(a.log, "control socket", rt.Serve(ctx, l)) })
 	if addr := a.cfg.HTTP.Listen; addr != "" {
 		retry(ctx, wg, hl, "http", func() (net.Listener, error) { return sockets.Listener("http", addr) },
-			func(l net.Listener) { stat.serve(ctx, l, a.log.With("component", "http")) })
+			func(l net.Listener) error {
+				return logStopped(a.log, "status endpoint", stat.serve(ctx, l, a.log.With("component", "http")))
+			})
 	}
 }
 
-// retry obtains a socket with get, at once, and runs serve with it on its own
-// goroutine. While get fails, part is degraded with the reason and get is
+// retry obtains a socket with get and runs serve with it, on its own
+// goroutine, until ctx ends. While get fails, or after serve returned an
+// error (the server broke), part is degraded with the reason and get is
 // tried again: after 1 s, then twice as long each time up to 30 s.
-func retry[T any](ctx context.Context, wg *sync.WaitGroup, hl *health, part string, get func() (T, error), serve func(T)) {
+func retry[T any](ctx context.Context, wg *sync.WaitGroup, hl *health, part string, get func() (T, error), serve func(T) error) {
 	s, err := get()
-	if err == nil {
-		wg.Go(func() { serve(s) })
-		return
-	}
 	wg.Go(func() {
 		wait := time.Second
-		for err != nil {
+		for {
+			if err == nil {
+				hl.degrade(part, "")
+				err = serve(s)
+				if ctx.Err() != nil {
+					return
+				}
+				err = fmt.Errorf("stopped: %w", err)
+			}
 			hl.degrade(part, err.Error()+"; trying again")
 			select {
 			case <-ctx.Done():
@@ -330,9 +339,15 @@ func retry[T any](ctx context.Context, wg *sync.WaitGroup, hl *health, part stri
 			wait = min(2*wait, 30*time.Second)
 			s, err = get()
 		}
-		hl.degrade(part, "")
-		serve(s)
 	})
+}
+
+// logStopped logs a server that stopped on an error and returns the error.
+func logStopped(log *slog.Logger, what string, err error) error {
+	if err != nil {
+		log.Error(what+" stopped", "err", err)
+	}
+	return err
 }
 
 // collectors builds the scheduler with every collector the configuration
@@ -350,10 +365,7 @@ func (a *Agent) collectors(sink collectors.Sink) (*collectors.Scheduler, func())
 	}
 	sched := collectors.New(collectors.Options{Sink: sink, Include: c.Collect.Include, Exclude: c.Collect.Exclude,
 		EventBurst: c.Events.Burst, EventEvery: c.Events.RateLimit, Log: a.log.With("component", "collectors")})
-	halOpts, err := HALOptions(c, true)
-	if err != nil {
-		a.log.Error("hal options", "err", err)
-	}
+	halOpts := HALOptions(c, true)
 	if c.Collect.Host > 0 {
 		sched.Add(collectors.NewHost(c.Paths.Sysfs, c.Paths.Procfs), c.Collect.Host, 0)
 	}

@@ -34,11 +34,7 @@ func (a *Agent) builtins(node, version string, sched *collectors.Scheduler, sp *
 			return fmt.Appendf(nil, "pong from %s (edgeagent %s)\n", node, version), nil
 		}),
 		"inventory": noArgs("inventory", func(ctx context.Context, _ []string) ([]byte, error) {
-			opts, err := HALOptions(a.cfg, false)
-			if err != nil {
-				return nil, err
-			}
-			return asJSON(hal.Read(ctx, opts))
+			return asJSON(hal.Read(ctx, HALOptions(a.cfg, false)))
 		}),
 		"diag": noArgs("diag", func(context.Context, []string) ([]byte, error) { return asJSON(st.report()) }),
 		"collect": func(_ context.Context, args []string) ([]byte, error) {

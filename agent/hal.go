@@ -9,11 +9,11 @@ import (
 	"github.com/seed69aca190/edgeagent/hal/tunnel"
 )
 
-// HALOptions turns the config into what the HAL needs. Its error is always
-// nil: an OpenVPN password file is read at every reading of its tunnel, so
-// one that is missing or unreadable makes that tunnel down, with the reason,
+// HALOptions turns the config into what the HAL needs. Nothing in it is
+// read here: an OpenVPN password file is read at every reading of its
+// tunnel, so one that is missing makes that tunnel down, with the reason,
 // and the tunnel collector failing; it never stops the agent.
-func HALOptions(cfg *config.Config, smart bool) (hal.Options, error) {
+func HALOptions(cfg *config.Config, smart bool) hal.Options {
 	opts := hal.Options{
 		Sysfs:     cfg.Paths.Sysfs,
 		Procfs:    cfg.Paths.Procfs,
@@ -27,5 +27,5 @@ func HALOptions(cfg *config.Config, smart bool) (hal.Options, error) {
 		opts.OpenVPN = append(opts.OpenVPN, tunnel.OpenVPN{Name: o.Name, Address: o.Management, PasswordFile: o.PasswordFile,
 			Grace: cfg.Tunnels.OpenVPNGrace, Timeout: 5 * time.Second})
 	}
-	return opts, nil
+	return opts
 }

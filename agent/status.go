@@ -34,7 +34,8 @@ type status struct {
 	disp    *dispatch.Dispatcher // set once made
 }
 
-func (s *status) serve(ctx context.Context, l net.Listener, log *slog.Logger) {
+// serve answers on l until ctx ends (nil) or the listener breaks.
+func (s *status) serve(ctx context.Context, l net.Listener, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /status", s.status)
@@ -46,8 +47,9 @@ func (s *status) serve(ctx context.Context, l net.Listener, log *slog.Logger) {
 		srv.Shutdown(shut)
 	}()
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Error("status endpoint stopped", "err", err)
+		return err
 	}
+	return nil
 }
 
 // healthz answers supervisors: 200 while the agent does its job (healthy,

@@ -102,15 +102,20 @@ func (c *cache) get(id string) (telemetry.CommandResult, bool) {
 			Reason: "this request ran already; its result was not kept (the state directory cannot be written)"}, true
 	}
 	data, err := os.ReadFile(filepath.Join(c.dir, e.file))
-	if err != nil {
-		return telemetry.CommandResult{}, false
+	var env telemetry.Envelope
+	if err == nil {
+		env, err = telemetry.Decode(data)
 	}
-	env, err := telemetry.Decode(data)
 	var res telemetry.CommandResult
 	if err == nil {
 		err = env.DecodeBody(&res)
 	}
-	return res, err == nil && res.ID == id
+	if err != nil || res.ID != id {
+		// The index says it ran: never run it again for a bad block.
+		return telemetry.CommandResult{ID: id, Status: telemetry.StatusFailed, ExitCode: -1,
+			Reason: fmt.Sprintf("this request ran already; its result cannot be read (%v)", err)}, true
+	}
+	return res, true
 }
 
 // put keeps res, the result of a request expiring at expires, durably when

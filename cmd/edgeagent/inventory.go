@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 
 	"github.com/seed69aca190/edgeagent/agent"
@@ -35,12 +34,8 @@ func runInventory(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return cli.ExitUsage
 	}
-	opts, err := agent.HALOptions(cfg, !*noSmart)
-	if err != nil {
-		fmt.Fprintf(stderr, "edgeagent inventory: %v\n", err)
-		return cli.ExitFailure
-	}
-	inv := hal.Read(context.Background(), opts)
+	inv := hal.Read(context.Background(), agent.HALOptions(cfg, !*noSmart))
+	var err error
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")

@@ -79,9 +79,14 @@ func read(path string) (time.Time, error) {
 }
 
 // Stamp returns t if the wall clock was synced at t, else the floor's
-// estimate of t, and whether it was unsynced. t must come from time.Now in
-// this process: the estimate needs its monotonic reading.
+// estimate of t, and whether it was unsynced. The estimate needs t's
+// monotonic reading (time.Now in this process gives one); a time without
+// one (decoded from a file or the wire) cannot be placed and is returned
+// as it is.
 func (f *Floor) Stamp(t time.Time) (time.Time, bool) {
+	if t == t.Round(0) {
+		return t, false
+	}
 	return f.stamp(t, t.Sub(f.opened))
 }
 

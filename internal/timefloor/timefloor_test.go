@@ -119,6 +119,20 @@ func TestUnreadableFloorFallsBackToTheBuildDate(t *testing.T) {
 	}
 }
 
+// TestStampLeavesTimesFromElsewhere: a time decoded from a file has no
+// monotonic reading to place it on the floor; it is not taken for the
+// current clock (a cached result's start, sent again by a node at 1970).
+func TestStampLeavesTimesFromElsewhere(t *testing.T) {
+	f, _ := Open(filepath.Join(t.TempDir(), "clock"), time.Now().Add(24*time.Hour))
+	stored := time.Now().Add(-time.Hour).Round(0)
+	if got, unsynced := f.Stamp(stored); !got.Equal(stored) || unsynced {
+		t.Fatalf("Stamp(stored) = %v, %v; want it unchanged", got, unsynced)
+	}
+	if _, unsynced := f.Stamp(time.Now()); !unsynced {
+		t.Fatal("a clock below the floor reads synced")
+	}
+}
+
 func TestRealClockIsSynced(t *testing.T) {
 	f, err := Open(filepath.Join(t.TempDir(), "clock"), time.Unix(0, 0))
 	if err != nil {
