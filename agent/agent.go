@@ -160,7 +160,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	started := time.Now()
 	wg.Go(func() { disp.Run(producers) })
 	wg.Go(func() { sched.Run(producers) })
-	wg.Go(func() { hl.watch(producers, 5*time.Second, sched.Event) })
+	wg.Go(func() { hl.watch(producers, healthEvery, sched.Event) })
 	wg.Go(func() { st.run(producers) })
 	wg.Go(func() {
 		sched.RunHeartbeat(producers, collectors.HeartbeatOptions{Node: st.node, Version: bi.Version, BootID: bootID,
@@ -234,9 +234,14 @@ func (a *Agent) probeHealth(hl *health, st *state, sp *spool.Spool, up *uplink.U
 	}
 	hl.probe(st.problems)
 	spoolMax := float64(a.cfg.Spool.MaxBytes)
+	dropping := dropWatch{}
 	hl.probe(func() []problem {
 		var out []problem
 		s := up.Status()
+		if n := dropping.since(s.Spool.Dropped); n > 0 {
+			out = append(out, problem{part: "spool drops", unhealthy: true,
+				reason: fmt.Sprintf("dropping records: %d dropped in the last minute (%d ever)", n, s.Spool.Dropped)})
+		}
 		if s.State != "connected" && time.Since(s.Since) > uplinkGrace {
 			p := problem{part: "uplink", reason: fmt.Sprintf("%s since %s; %d records wait in the spool",
 				s.State, s.Since.UTC().Format(time.RFC3339), s.Spool.Depth())}
@@ -253,6 +258,31 @@ func (a *Agent) probeHealth(hl *health, st *state, sp *spool.Spool, up *uplink.U
 		}
 		return out
 	})
+}
+
+// dropWatch tells whether the spool dropped records in the last minute:
+// then the agent is losing data, which makes it unhealthy.
+type dropWatch struct {
+	mu    sync.Mutex
+	marks []dropMark // the dropped count as seen, over the last minute
+}
+
+type dropMark struct {
+	at      time.Time
+	dropped uint64
+}
+
+// since records the count and returns how many were dropped in the last
+// minute.
+func (w *dropWatch) since(dropped uint64) uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := time.Now()
+	w.marks = append(w.marks, dropMark{now, dropped})
+	for len(w.marks) > 1 && now.Sub(w.marks[1].at) > time.Minute {
+		w.marks = w.marks[1:]
+	}
+	return dropped - w.marks[0].dropped
 }
 
 // uplinkGrace is how long the uplink may be without a broker before that

@@ -39,6 +39,14 @@ type health struct {
 	set    map[string]problem
 	probes []func() []problem
 	last   map[string]telemetry.Health // per part, for the events on changes
+	snap   *snapshot                   // the latest check's problems
+}
+
+// snapshot is what a check found, and when. /healthz answers from it, so a
+// probe stuck on failing flash never holds a supervisor's request.
+type snapshot struct {
+	at    time.Time
+	probs []problem
 }
 
 func newHealth(sched *collectors.Scheduler, log *slog.Logger) *health {
@@ -83,6 +91,8 @@ func (h *health) problems() []problem {
 			out = append(out, problem{part: "collector " + st.Name, reason: "stuck past its " + st.Timeout.String() + " timeout"})
 		case st.LastError != "":
 			out = append(out, problem{part: "collector " + st.Name, reason: st.LastError})
+		case st.WatchError != "":
+			out = append(out, problem{part: "collector " + st.Name, reason: "watch: " + st.WatchError + "; restarting it"})
 		}
 	}
 	slices.SortFunc(out, func(a, b problem) int { return strings.Compare(a.part, b.part) })
@@ -111,6 +121,24 @@ func (h *health) verdict(probs []problem) (telemetry.Health, string) {
 // summary is the verdict now: what the heartbeat carries.
 func (h *health) summary() (telemetry.Health, string) { return h.verdict(h.problems()) }
 
+// latest returns the problems the latest check found, without probing; a
+// check that has not finished for stale is itself a problem (something,
+// most likely the flash, does not answer). Before the first check it probes.
+func (h *health) latest(stale time.Duration) []problem {
+	h.mu.Lock()
+	snap := h.snap
+	h.mu.Unlock()
+	if snap == nil {
+		return h.problems()
+	}
+	probs := snap.probs
+	if age := time.Since(snap.at); age > stale {
+		probs = append(slices.Clone(probs), problem{part: "health",
+			reason: fmt.Sprintf("the last check finished %s ago; a probe does not answer (failing flash?)", age.Round(time.Second))})
+	}
+	return probs
+}
+
 // watch raises an event, once, when a part (other than a collector, whose
 // events come from the scheduler) becomes degraded or unhealthy or recovers,
 // checking every interval until ctx ends.
@@ -128,14 +156,16 @@ func (h *health) watch(ctx context.Context, every time.Duration, event func(tele
 }
 
 func (h *health) check(event func(telemetry.Event)) {
+	probs := h.problems()
 	now := map[string]problem{}
-	for _, p := range h.problems() {
+	for _, p := range probs {
 		if !strings.HasPrefix(p.part, "collector ") {
 			now[p.part] = p
 		}
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.snap = &snapshot{at: time.Now(), probs: probs}
 	for part, p := range now {
 		word := telemetry.Degraded
 		if p.unhealthy {

@@ -3,7 +3,9 @@ package agent
 import (
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/seed69aca190/edgeagent/collectors"
 	"github.com/seed69aca190/edgeagent/telemetry"
@@ -53,5 +55,28 @@ func TestHealthEventsOncePerChange(t *testing.T) {
 		if e.New != "ok" || e.Severity != telemetry.Info {
 			t.Errorf("recovery event %+v", e)
 		}
+	}
+}
+
+// TestHealthzAnswersFromTheLatestCheck: /healthz reads what the latest
+// check found, so a probe stuck on failing flash does not hold it; a check
+// that has not finished for long is itself reported.
+func TestHealthzAnswersFromTheLatestCheck(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := newHealth(collectors.New(collectors.Options{Log: quiet}), quiet)
+	h.degrade("statsd", "address already in use")
+	h.check(func(telemetry.Event) {})
+	stuck := make(chan struct{})
+	defer close(stuck)
+	h.probe(func() []problem { <-stuck; return nil }) // the flash does not answer
+	if got := h.latest(time.Minute); len(got) != 1 || got[0].part != "statsd" {
+		t.Fatalf("latest = %v, want the check's statsd problem", got)
+	}
+	h.mu.Lock()
+	h.snap.at = time.Now().Add(-time.Minute)
+	h.mu.Unlock()
+	got := h.latest(15 * time.Second)
+	if len(got) != 2 || got[1].part != "health" || !strings.Contains(got[1].reason, "does not answer") {
+		t.Fatalf("latest of an old check = %v, want the stuck check reported", got)
 	}
 }

@@ -52,11 +52,18 @@ func (s *status) serve(ctx context.Context, l net.Listener, log *slog.Logger) er
 	return nil
 }
 
+// healthEvery is how often the health is checked; a check older than
+// healthStale says a probe is stuck.
+const (
+	healthEvery = 2 * time.Second
+	healthStale = 15 * time.Second
+)
+
 // healthz answers supervisors: 200 while the agent does its job (healthy,
 // starting or degraded, with the reasons), 503 when it is unhealthy.
 func (s *status) healthz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	probs := s.health.problems()
+	probs := s.health.latest(healthStale)
 	word, _ := s.health.verdict(probs)
 	if word == telemetry.Unhealthy {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -91,7 +98,7 @@ func (s *status) report() report {
 		NextSeq: s.seq.Peek(), Uplink: s.uplink.Status(), Collectors: s.sched.Status(),
 		EventsDropped: s.sched.EventsDropped(), Sockets: s.sockets.Sockets(),
 	}
-	probs := s.health.problems()
+	probs := s.health.latest(healthStale)
 	body.Health, _ = s.health.verdict(probs)
 	for _, p := range probs {
 		body.Problems = append(body.Problems, p.String())

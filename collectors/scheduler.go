@@ -2,6 +2,7 @@ package collectors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -37,6 +38,9 @@ type Status struct {
 	LastSuccess  time.Time     `json:"last_success,omitzero"`
 	LastError    string        `json:"last_error,omitempty"`
 	Stuck        bool          `json:"stuck"` // running past its timeout
+	// WatchError says why the collector's watch (its events between runs)
+	// is down and being restarted; empty while it watches.
+	WatchError string `json:"watch_error,omitempty"`
 }
 
 // Scheduler runs each collector on its own interval, jittered, never
@@ -121,14 +125,25 @@ func (s *Scheduler) Run(ctx context.Context) error {
 
 // watch keeps w watching until ctx ends: when the watch fails (its source
 // is missing or broke) it starts again after 1 s, then twice as long each
-// time up to 5 minutes; meanwhile changes show at the next collection.
+// time up to 5 minutes (from 1 s again after a watch that held for a
+// minute); meanwhile changes show at the next collection.
 func (s *Scheduler) watch(ctx context.Context, e *entry, w Watcher) {
 	wait := time.Second
 	for {
+		began := time.Now()
 		err := w.Watch(ctx, s.Event)
 		if ctx.Err() != nil {
 			return
 		}
+		if time.Since(began) > time.Minute {
+			wait = time.Second
+		}
+		if err == nil {
+			err = errors.New("stopped")
+		}
+		e.mu.Lock()
+		e.status.WatchError = err.Error()
+		e.mu.Unlock()
 		e.log.Warn("watch failed; changes show at the next collection until it works", "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
@@ -136,6 +151,9 @@ func (s *Scheduler) watch(ctx context.Context, e *entry, w Watcher) {
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 5*time.Minute)
+		e.mu.Lock()
+		e.status.WatchError = "" // until the new watch fails too
+		e.mu.Unlock()
 	}
 }
 

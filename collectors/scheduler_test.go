@@ -3,6 +3,7 @@ package collectors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -155,4 +156,32 @@ func TestFilter(t *testing.T) {
 			t.Errorf("keep(%s) = %v, want %v", name, !want, want)
 		}
 	}
+}
+
+// failingWatcher's first watch fails (its source is not there yet); the
+// next one watches until cancelled.
+type failingWatcher struct {
+	fn
+	calls atomic.Int32
+}
+
+func (w *failingWatcher) Watch(ctx context.Context, emit func(telemetry.Event)) error {
+	if w.calls.Add(1) == 1 {
+		return errors.New("open netlink: protocol not supported")
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// TestFailedWatchIsReportedAndRestarted: a watch that fails is in the
+// collector's status until a new one, started a second later, holds.
+func TestFailedWatchIsReportedAndRestarted(t *testing.T) {
+	s := New(Options{Sink: &recorder{}, Log: quiet()})
+	w := &failingWatcher{fn: fn{name: "net", f: func(context.Context, *Report) error { return nil }}}
+	s.Add(w, time.Hour, 0)
+	start(t, s)
+	testenv.WaitFor(t, 5*time.Second, func() bool { return s.Status()[0].WatchError != "" },
+		func() string { return "the failed watch is not in the status" })
+	testenv.WaitFor(t, 5*time.Second, func() bool { return w.calls.Load() == 2 && s.Status()[0].WatchError == "" },
+		func() string { return fmt.Sprintf("not restarted: %d calls, %+v", w.calls.Load(), s.Status()[0]) })
 }

@@ -52,7 +52,24 @@ func TestMessagesCarryTheFloorWhenUnsynced(t *testing.T) {
 	if !env.Unsynced {
 		t.Error("a message made below the floor is not flagged unsynced")
 	}
-	for what, got := range map[string]time.Time{"envelope": env.Time, "event": ev.Time} {
+	u.Batch(telemetry.Batch{Source: "host", Time: time.Now(), Points: []telemetry.Point{{Name: "host.load1", Value: 1}}})
+	u.flush()
+	_, rec, ok, err = sp.Next()
+	if !ok || err != nil {
+		t.Fatalf("no batch queued: %v", err)
+	}
+	benv, err := telemetry.Decode(rec.Payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batches, err := benv.DecodeBatches()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !benv.Unsynced {
+		t.Error("a batch made below the floor is not flagged unsynced")
+	}
+	for what, got := range map[string]time.Time{"envelope": env.Time, "event": ev.Time, "batch": batches[0].Time} {
 		if got.Before(floorDate) || got.After(floorDate.Add(time.Minute)) {
 			t.Errorf("%s time %v, want the floor's estimate (%v and a few seconds)", what, got, floorDate)
 		}

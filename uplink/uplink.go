@@ -220,28 +220,39 @@ func (u *Uplink) topic(suffix string) string {
 
 // envelope encodes an ephemeral message (state) with a fresh sequence number.
 func (u *Uplink) envelope(kind telemetry.Kind, body any) ([]byte, error) {
-	h := u.header(kind, 0)
+	h := u.header(kind, 0, u.stamps())
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	data, err := u.enc.Encode(h, body)
 	return append([]byte(nil), data...), err
 }
 
-// header numbers (seq 0 takes a new number) and stamps a message made now.
-func (u *Uplink) header(kind telemetry.Kind, seq uint64) telemetry.Header {
+// header numbers (seq 0 takes a new number) and stamps a message made now
+// whose body's times were stamped by st.
+func (u *Uplink) header(kind telemetry.Kind, seq uint64, st *stamps) telemetry.Header {
 	if seq == 0 {
 		seq = u.opts.Seq.Next()
 	}
-	t, unsynced := u.opts.Stamp(time.Now())
-	return telemetry.Header{Node: u.opts.Node, Seq: seq, Time: t, Kind: kind, Unsynced: unsynced, Instance: u.opts.Instance}
+	t := st.at(time.Now())
+	return telemetry.Header{Node: u.opts.Node, Seq: seq, Time: t, Kind: kind, Unsynced: st.unsynced, Instance: u.opts.Instance}
 }
 
-// stamp is the time a message carries for t, a time.Now reading.
-func (u *Uplink) stamp(t time.Time) time.Time {
+// stamps places the times of one message on the time floor, and remembers
+// whether any was unsynced: then the whole message says so.
+type stamps struct {
+	stamp    func(time.Time) (time.Time, bool)
+	unsynced bool
+}
+
+func (u *Uplink) stamps() *stamps { return &stamps{stamp: u.opts.Stamp} }
+
+// at is the time the message carries for t, a time.Now reading.
+func (s *stamps) at(t time.Time) time.Time {
 	if t.IsZero() {
 		return t
 	}
-	t, _ = u.opts.Stamp(t)
+	t, unsynced := s.stamp(t)
+	s.unsynced = s.unsynced || unsynced
 	return t
 }
 
@@ -260,9 +271,9 @@ func (u *Uplink) onConnect(c mqtt.Client) {
 	}
 }
 
-// Batch implements collectors.Sink: batches wait for the next flush.
+// Batch implements collectors.Sink: batches wait for the next flush, which
+// stamps them.
 func (u *Uplink) Batch(b telemetry.Batch) {
-	b.Time = u.stamp(b.Time)
 	u.mu.Lock()
 	u.pending = append(u.pending, b)
 	u.mu.Unlock()
@@ -270,20 +281,23 @@ func (u *Uplink) Batch(b telemetry.Batch) {
 
 // Event implements collectors.Sink: events are queued at once.
 func (u *Uplink) Event(e telemetry.Event) {
-	e.Time = u.stamp(e.Time)
-	u.queue("event", telemetry.KindEvent, 0, e)
+	st := u.stamps()
+	e.Time = st.at(e.Time)
+	u.queue("event", telemetry.KindEvent, 0, e, st)
 }
 
 // Heartbeat implements collectors.Sink; the heartbeat's own number is its
 // envelope's.
 func (u *Uplink) Heartbeat(h telemetry.Heartbeat) {
-	h.Time, h.LastCollect = u.stamp(h.Time), u.stamp(h.LastCollect)
-	u.queue("heartbeat", telemetry.KindHeartbeat, h.Seq, h)
+	st := u.stamps()
+	h.Time, h.LastCollect = st.at(h.Time), st.at(h.LastCollect)
+	u.queue("heartbeat", telemetry.KindHeartbeat, h.Seq, h, st)
 }
 
-// queue encodes a message and puts it in the spool. seq 0 takes a new one.
-func (u *Uplink) queue(suffix string, kind telemetry.Kind, seq uint64, body any) {
-	h := u.header(kind, seq)
+// queue encodes a message whose times st stamped and puts it in the spool.
+// seq 0 takes a new one.
+func (u *Uplink) queue(suffix string, kind telemetry.Kind, seq uint64, body any, st *stamps) {
+	h := u.header(kind, seq, st)
 	u.mu.Lock()
 	data, err := u.enc.Encode(h, body)
 	if err == nil {
@@ -325,7 +339,11 @@ func (u *Uplink) flush() {
 		for n < len(pieces) && u.size(pieces[:n+1]) <= u.opts.MaxMessage {
 			n++
 		}
-		u.queue("telemetry", telemetry.KindBatch, 0, pieces[:n])
+		st := u.stamps()
+		for i := range pieces[:n] {
+			pieces[i].Time = st.at(pieces[i].Time)
+		}
+		u.queue("telemetry", telemetry.KindBatch, 0, pieces[:n], st)
 		pieces = pieces[n:]
 	}
 }
@@ -497,8 +515,9 @@ func (u *Uplink) stop(connected bool) error {
 // like any telemetry, so results produced while the broker is away wait in
 // the spool.
 func (u *Uplink) Result(r telemetry.CommandResult) {
-	r.Started = u.stamp(r.Started)
-	u.queue("cmd/result", telemetry.KindCommandResult, 0, r)
+	st := u.stamps()
+	r.Started = st.at(r.Started)
+	u.queue("cmd/result", telemetry.KindCommandResult, 0, r, st)
 }
 
 // command handles a message on the command topic: one that does not decode
