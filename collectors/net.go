@@ -11,8 +11,7 @@ import (
 // Net reports per-link state, rates, errors and drops, and passes link
 // changes on as events the moment netlink announces them.
 type Net struct {
-	opts     nic.Options
-	r        *nic.Reader // opened by the first run that can; only Collect uses it
+	links    links
 	prev     map[string]nic.Counters
 	prevTime time.Time
 }
@@ -22,30 +21,18 @@ type Net struct {
 // without it (or a namespace not there yet) fails the runs, not the start,
 // and every run tries again.
 func NewNet(opts nic.Options) *Net {
-	return &Net{opts: opts, prev: map[string]nic.Counters{}}
+	return &Net{links: links{opts: opts}, prev: map[string]nic.Counters{}}
 }
 
 // Name implements Collector.
 func (*Net) Name() string { return "net" }
 
 // Close releases the netlink handle, if open.
-func (n *Net) Close() error {
-	if n.r == nil {
-		return nil
-	}
-	return n.r.Close()
-}
+func (n *Net) Close() error { return n.links.Close() }
 
 // Collect implements Collector.
 func (n *Net) Collect(ctx context.Context, r *Report) error {
-	if n.r == nil {
-		reader, err := nic.Open(n.opts)
-		if err != nil {
-			return err
-		}
-		n.r = reader
-	}
-	links, err := n.r.Links()
+	links, err := n.links.list()
 	if err != nil {
 		return err
 	}
@@ -81,7 +68,7 @@ func (n *Net) Collect(ctx context.Context, r *Report) error {
 // Watch implements Watcher: netlink link and address changes become events.
 // It watches on a netlink socket of its own.
 func (n *Net) Watch(ctx context.Context, emit func(telemetry.Event)) error {
-	r, err := nic.Open(n.opts)
+	r, err := nic.Open(n.links.opts)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,10 @@ package collectors
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,4 +134,30 @@ func TestFilesystemThreshold(t *testing.T) {
 			t.Errorf("first event %+v", ev)
 		}
 	}
+}
+
+// TestNetWaitsForItsNamespace: a namespace that is not there yet (or
+// netlink that cannot be opened) fails the runs with the reason; the first
+// run after it appears reads it, and the link watch, restarted by the
+// scheduler, reports its changes.
+func TestNetWaitsForItsNamespace(t *testing.T) {
+	ns := testenv.Netns(t)
+	path := filepath.Join(t.TempDir(), "later")
+	n := NewNet(nic.Options{Namespace: path})
+	defer n.Close()
+	if err := n.Collect(context.Background(), &Report{Time: time.Now()}); err == nil || !strings.Contains(err.Error(), "open network namespace") {
+		t.Fatalf("run before the namespace exists: %v", err)
+	}
+	rec := &recorder{}
+	s := New(Options{Sink: rec, Log: quiet()})
+	s.Add(n, time.Second, 0)
+	start(t, s)
+	os.Symlink("/var/run/netns/"+ns, path)
+	testenv.WaitFor(t, 10*time.Second, func() bool { st := s.Status()[0]; return st.Runs > 0 && st.LastError == "" },
+		func() string { return fmt.Sprintf("no clean run once the namespace exists: %+v", s.Status()[0]) })
+	testenv.WaitFor(t, 10*time.Second, func() bool {
+		testenv.Run(t, "ip", "-n", ns, "link", "set", "lo", "down")
+		testenv.Run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+		return len(rec.eventsOf("link")) > 0
+	}, func() string { return "the restarted watch reported no link change" })
 }

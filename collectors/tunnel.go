@@ -17,8 +17,7 @@ import (
 type Tunnel struct {
 	openvpn   []tunnel.OpenVPN
 	wireguard tunnel.WireGuard
-	linkOpts  nic.Options
-	links     *nic.Reader // opened by the first run that can; only Collect uses it
+	links     links
 	tracker   *tunnel.Tracker
 
 	prev map[string]seenTunnel
@@ -32,11 +31,11 @@ type seenTunnel struct {
 
 // NewTunnel returns the tunnel collector of the OpenVPN instances and
 // WireGuard devices named, and of the other tunnel links (tun, gre, …) of the
-// network namespace links names (the agent's own when empty). Netlink is
+// network namespace linkOpts names (the agent's own when empty). Netlink is
 // opened by the runs, so a kernel without it (or a namespace not there yet)
 // fails the runs, not the start, and every run tries again.
-func NewTunnel(openvpn []tunnel.OpenVPN, wireguard tunnel.WireGuard, links nic.Options) *Tunnel {
-	return &Tunnel{openvpn: openvpn, wireguard: wireguard, linkOpts: links, tracker: tunnel.NewTracker(),
+func NewTunnel(openvpn []tunnel.OpenVPN, wireguard tunnel.WireGuard, linkOpts nic.Options) *Tunnel {
+	return &Tunnel{openvpn: openvpn, wireguard: wireguard, links: links{opts: linkOpts}, tracker: tunnel.NewTracker(),
 		prev: map[string]seenTunnel{}}
 }
 
@@ -44,12 +43,7 @@ func NewTunnel(openvpn []tunnel.OpenVPN, wireguard tunnel.WireGuard, links nic.O
 func (*Tunnel) Name() string { return "tunnel" }
 
 // Close releases the netlink handle, if open.
-func (t *Tunnel) Close() error {
-	if t.links == nil {
-		return nil
-	}
-	return t.links.Close()
-}
+func (t *Tunnel) Close() error { return t.links.Close() }
 
 // Collect implements Collector. It reports every tunnel it could read, and
 // fails, saying which, when a source could not be read: the links, an OpenVPN
@@ -67,7 +61,7 @@ func (t *Tunnel) Collect(ctx context.Context, r *Report) error {
 	}
 	wg, errWG := t.tracker.WireGuard(t.wireguard)
 	tunnels = append(tunnels, wg...)
-	links, errLinks := t.readLinks()
+	links, errLinks := t.links.list()
 	skip := map[string]bool{}
 	for _, w := range wg {
 		skip[w.Name] = true // wireguard-go's tun link is the same tunnel
@@ -108,18 +102,6 @@ func (t *Tunnel) Collect(ctx context.Context, r *Report) error {
 	}
 	t.prev = cur
 	return errors.Join(append(errs, errWG, errLinks)...)
-}
-
-// readLinks lists the links, opening netlink first if no run could yet.
-func (t *Tunnel) readLinks() ([]nic.Link, error) {
-	if t.links == nil {
-		r, err := nic.Open(t.linkOpts)
-		if err != nil {
-			return nil, err
-		}
-		t.links = r
-	}
-	return t.links.Links()
 }
 
 // verdictEvent reports a change of verdict. A tunnel first seen up is not
