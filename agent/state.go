@@ -51,9 +51,9 @@ type state struct {
 // one heartbeat per 10 s that is one flash write every 2¾ hours.
 const seqBlock = 1000
 
-// floorEvery is how often the time floor is persisted (and when the clock
-// first reads synced): the floor lags the real time by at most this much
-// after a power cut.
+// floorEvery is how often the time floor is persisted: the floor lags the
+// real time by at most this much after a power cut (plus the ten minutes a
+// clock just set must run steady before it is believed for good).
 const floorEvery = time.Hour
 
 func openState(cfg *config.Config, built time.Time, log *slog.Logger) (*state, error) {
@@ -238,7 +238,7 @@ func hardwareID() string {
 }
 
 // save persists what is due: a generated node id not yet written, and the
-// time floor (hourly, and at once when the clock first reads synced). What
+// time floor (hourly; timefloor decides what may be persisted). What
 // cannot be written is remembered for the health report and tried again at
 // the next save.
 func (s *state) save() {

@@ -43,16 +43,22 @@ func TestBootAt1970UsesTheFloorUntilNTP(t *testing.T) {
 	if got, want := f.Now(), build.Add(90*time.Second); !got.Equal(want) {
 		t.Fatalf("Now at 1970 = %v, want the floor plus the time running, %v", got, want)
 	}
+	f.Save(time.Hour)
 	// NTP steps the clock to the real time, a day after the build.
 	real := build.Add(24 * time.Hour)
 	c.wall = real
 	if !f.Synced() || !f.Now().Equal(real) {
 		t.Fatalf("after NTP: synced %v, now %v; want true, %v", f.Synced(), f.Now(), real)
 	}
-	// The synced time is persisted at once, whatever the cadence, and the
-	// next boot at 1970 starts from it, not from the build date.
-	if wrote, err := f.Save(time.Hour); err != nil || !wrote {
-		t.Fatalf("Save after sync: wrote %v, err %v", wrote, err)
+	// The synced time is persisted once it has run steady for ten minutes,
+	// and the next boot at 1970 starts from it, not from the build date.
+	if wrote, _ := f.Save(time.Minute); wrote {
+		t.Fatal("a wall clock persisted the moment it stepped")
+	}
+	c.advance(steadyFor)
+	real = real.Add(steadyFor)
+	if wrote, err := f.Save(time.Minute); err != nil || !wrote {
+		t.Fatalf("Save after ten steady minutes: wrote %v, err %v", wrote, err)
 	}
 	c2 := &fakeClock{wall: time.Unix(3, 0)}
 	f2 := openFake(t, path, build, c2)
@@ -86,6 +92,47 @@ func TestClockStepsBothWays(t *testing.T) {
 	}
 }
 
+// TestBadStepsAreNotPersisted: a wrong NTP answer corrected within minutes,
+// and an RTC reading 2099, never become the floor; a steady wall clock that
+// is persisted raises the running floor too, as the next start will have it.
+func TestBadStepsAreNotPersisted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "clock")
+	c := &fakeClock{wall: build.Add(time.Hour)}
+	f := openFake(t, path, build, c)
+	f.Save(time.Minute)
+	c.wall = c.wall.Add(6 * time.Hour) // a bad answer
+	for range 5 {
+		c.advance(time.Minute)
+		if wrote, _ := f.Save(time.Minute); wrote {
+			t.Fatal("a clock stepped 6 hours ahead was persisted within 5 minutes")
+		}
+	}
+	c.wall = c.wall.Add(-6 * time.Hour) // corrected
+	c.advance(time.Minute)
+	f.Save(time.Minute)
+
+	c.wall = time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC) // a dead RTC's battery
+	for range 30 {
+		c.advance(time.Minute)
+		if wrote, _ := f.Save(time.Minute); wrote {
+			t.Fatal("a clock reading 2099 was persisted")
+		}
+	}
+	if saved, _ := read(path); saved.After(build.Add(2 * time.Hour)) {
+		t.Fatalf("persisted %v", saved)
+	}
+
+	c.wall = build.Add(48 * time.Hour) // NTP, steady from now on
+	for range 11 {
+		c.advance(time.Minute)
+		f.Save(time.Minute)
+	}
+	c.wall = build // an operator sets the date back by two days
+	if f.Synced() {
+		t.Fatal("a clock set below the persisted time reads synced in the running process")
+	}
+}
+
 func TestSaveCadence(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "clock")
 	c := &fakeClock{wall: time.Unix(0, 0)}
@@ -114,7 +161,7 @@ func TestUnreadableFloorFallsBackToTheBuildDate(t *testing.T) {
 	if err == nil {
 		t.Fatal("a corrupt floor file gave no error")
 	}
-	if f.Base() != build {
+	if !f.Base().Equal(build) {
 		t.Fatalf("floor %v, want the build date %v", f.Base(), build)
 	}
 }
