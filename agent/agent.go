@@ -11,6 +11,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +52,9 @@ func New(cfg *config.Config, w io.Writer) *Agent {
 		out = w
 	}
 	opts := &slog.HandlerOptions{Level: a.level}
+	if _, ok := out.(syslogWriter); ok {
+		opts.ReplaceAttr = dropTime // syslog stamps each line itself
+	}
 	var h slog.Handler = slog.NewTextHandler(out, opts)
 	if cfg.Log.Format == "json" {
 		h = slog.NewJSONHandler(out, opts)
@@ -72,13 +77,51 @@ func logOutput(output string, w io.Writer) (io.Writer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("log.output syslog: %w", err)
 		}
-		return s, nil
+		return syslogWriter{s}, nil
 	}
 	f, err := os.OpenFile(output, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("log.output: %w", err)
 	}
+	// A crash (a panic's trace) goes to the log too, not only to stderr,
+	// which init sends to /dev/null.
+	if err := debug.SetCrashOutput(f, debug.CrashOptions{}); err != nil {
+		return nil, fmt.Errorf("log.output: crash output: %w", err)
+	}
 	return f, nil
+}
+
+// syslogWriter sends each log line at the severity its level names (the
+// handlers write one line per record, the level first once the time is
+// dropped), so that syslogd can file warnings and errors apart.
+type syslogWriter struct{ w *syslog.Writer }
+
+func (s syslogWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSuffix(string(p), "\n")
+	var err error
+	switch {
+	case hasLevel(line, "ERROR"):
+		err = s.w.Err(line)
+	case hasLevel(line, "WARN"):
+		err = s.w.Warning(line)
+	case hasLevel(line, "DEBUG"):
+		err = s.w.Debug(line)
+	default:
+		err = s.w.Info(line)
+	}
+	return len(p), err
+}
+
+// hasLevel reports whether a text or JSON log line starts with level.
+func hasLevel(line, level string) bool {
+	return strings.HasPrefix(line, "level="+level) || strings.HasPrefix(line, `{"level":"`+level)
+}
+
+func dropTime(groups []string, a slog.Attr) slog.Attr {
+	if len(groups) == 0 && a.Key == slog.TimeKey {
+		return slog.Attr{}
+	}
+	return a
 }
 
 // parseLevel maps a validated log.level to its slog level.
@@ -90,8 +133,9 @@ func parseLevel(s string) slog.Level {
 
 // Run runs the agent until ctx is cancelled. Cancellation is a clean stop and
 // returns nil. It fails only when the agent would be useless (ErrUnusable:
-// no state directory, TLS configured without its files) or another agent
-// holds the state directory; every optional part that is missing (a netlink
+// no state directory, TLS configured without its files, a provisioned id
+// file that cannot be read) or another agent holds the state directory;
+// every optional part that is missing (a netlink
 // family, a port held by another daemon, smartctl, a read-only or full data
 // partition) degrades it instead, with the reason in the heartbeat and
 // /healthz, and is tried again until it works.
@@ -124,6 +168,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer closeCollectors()
 	hl := newHealth(sched, a.log.With("component", "health"))
 	a.probeHealth(hl, st, sp, up)
+	if q := sp.Stats().Quarantined; q > 0 {
+		sched.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Warning, Kind: "spool", Subject: "segments",
+			New: "quarantined", Message: fmt.Sprintf("%d spool segments could not be read (bad flash?) and were set aside; "+
+				"their records are lost", q)})
+	}
 	stat := &status{sched: sched, uplink: up, statsd: a.statsd.Load, sockets: sockets, seq: st.seq, health: hl,
 		node: st.node, version: bi.Version, started: time.Now()}
 	rt := router.New(sched.Event, a.log.With("component", "router"))
