@@ -129,7 +129,11 @@ func (c *Counter) reserve(now time.Time) error {
 	data := []byte(fmt.Sprintf("%020d\n", limit))
 	err := atomicfile.WriteFile(c.path, data, 0o640)
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		err = overwrite(c.path, data)
+		if oerr := overwrite(c.path, data); oerr == nil {
+			err = nil
+		} else {
+			err = fmt.Errorf("%w; in place: %v", err, oerr)
+		}
 	}
 	if err != nil {
 		c.fault = fmt.Errorf("reserve sequence block: %w", err)

@@ -126,7 +126,8 @@ func bootReadOnly1970(t *testing.T, a arch, k kit, b *binaries) {
 	m := boot(t, a, k, bootOptions{
 		initrd: initramfs(t, tree, stageOne),
 		disks:  []string{ext4Image(t, tree, "edgeroot", "48M"), ext4Image(t, "", "edgedata", "32M")},
-		append: "edge.root=LABEL=edgeroot",
+		// No IPv6 either, as firmware kernels often have: no /proc/net/snmp6.
+		append: "edge.root=LABEL=edgeroot ipv6.disable=1",
 		rtc:    "1970-01-02T00:00:00", // a day in: stepping back stays after the boot
 		logs:   "/data/edgeagent.log /var/log/edgeagent.stderr",
 
@@ -142,7 +143,13 @@ func bootReadOnly1970(t *testing.T, a arch, k kit, b *binaries) {
 		t.Fatalf("want / read-only and /data read-write:\n%s", mounts)
 	}
 
+	if out := m.mustRun("ls /proc/net/snmp6 2>&1; true", commandTimeout); !strings.Contains(out, "No such file") {
+		t.Errorf("the kernel booted with ipv6.disable=1 has /proc/net/snmp6: %s", out)
+	}
 	node := checkAgent(t, m, c, up)
+	if why := c.nodes(t)[0].Why; strings.Contains(why, "snmp") || strings.Contains(why, "address family") {
+		t.Errorf("without IPv6 the agent is degraded for it: %s", why)
+	}
 
 	var stamped, unsynced int
 	for _, r := range c.watch.from(node) {
