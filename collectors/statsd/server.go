@@ -248,7 +248,7 @@ func (s *Server) setReadBuffer() {
 	}
 	_ = raw.Control(func(fd uintptr) {
 		if want := s.opts.ReadBuffer; want > 0 {
-			if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, want); err != nil {
+			if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, soRcvbufForce, want); err != nil {
 				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, want)
 			}
 		}

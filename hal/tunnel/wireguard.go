@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -80,17 +78,13 @@ func (w WireGuard) read(a ager) ([]Tunnel, error) {
 // deviceNames lists kernel WireGuard links in this namespace and userspace
 // devices by their control sockets.
 func (w WireGuard) deviceNames() ([]string, error) {
-	links, err := netlink.LinkList()
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return nil, fmt.Errorf("list wireguard links: %w", err)
+	names, err := kernelDevices()
+	if err != nil {
+		return nil, err
 	}
 	seen := map[string]bool{}
-	var names []string
-	for _, l := range links {
-		if l.Type() == "wireguard" {
-			seen[l.Attrs().Name] = true
-			names = append(names, l.Attrs().Name)
-		}
+	for _, n := range names {
+		seen[n] = true
 	}
 	dir := w.SocketDir
 	if dir == "" {

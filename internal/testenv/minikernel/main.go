@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command minikernel runs a program as if on a kernel built without some
 // socket families, for tests: a seccomp filter makes socket(2) fail for them
 // with the very errno such a kernel returns (EPROTONOSUPPORT for a netlink
