@@ -54,6 +54,7 @@ type Dispatcher struct {
 	mu      sync.Mutex
 	pending map[string]bool // ids queued or running
 	fault   error           // why a request could not be marked as running
+	stopped bool            // Run has ended: requests are refused
 
 	refused atomic.Uint64
 }
@@ -144,6 +145,11 @@ func (d *Dispatcher) Handle(env telemetry.Envelope) {
 		return
 	}
 	d.mu.Lock()
+	if d.stopped {
+		d.mu.Unlock()
+		d.refuse(c, stopping)
+		return
+	}
 	if d.pending[c.ID] { // redelivered while queued or running: it runs once
 		d.mu.Unlock()
 		return
@@ -166,8 +172,15 @@ func (d *Dispatcher) refuse(c telemetry.Command, why string) {
 	d.opts.Result(telemetry.CommandResult{ID: c.ID, Status: telemetry.StatusRefused, Reason: why, ExitCode: -1})
 }
 
+// stopping is why a request is refused once the agent stops.
+const stopping = "the agent is stopping; not run"
+
 // Run carries out queued requests, Concurrency at a time, until ctx is
-// cancelled; requests still running get their deadline's grace.
+// cancelled. Requests still running then are stopped: a plugin's process
+// group gets SIGTERM, then SIGKILL 2 s later, and its result says the agent
+// stopped (it is cached: the request is not run again). Queued requests that
+// had not started are refused ("the agent is stopping"), not cached, so the
+// controller may send them again.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for range d.opts.Concurrency {
@@ -177,13 +190,27 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 				case <-ctx.Done():
 					return
 				case c := <-d.queue:
+					if ctx.Err() != nil { // both were ready: stopping wins
+						d.refuse(c, stopping)
+						continue
+					}
 					d.execute(ctx, c)
 				}
 			}
 		})
 	}
 	wg.Wait()
-	return nil
+	d.mu.Lock()
+	d.stopped = true // Handle queues no more: what is queued now is all
+	d.mu.Unlock()
+	for {
+		select {
+		case c := <-d.queue:
+			d.refuse(c, stopping)
+		default:
+			return nil
+		}
+	}
 }
 
 func (d *Dispatcher) execute(ctx context.Context, c telemetry.Command) {

@@ -348,3 +348,33 @@ func TestBuiltin(t *testing.T) {
 		t.Fatalf("%+v", res)
 	}
 }
+
+// TestStopAnswersEveryRequest: when the agent stops, the request running
+// is killed and says so (not "timed out"), and the one still queued is
+// refused, not lost; one sent after the stop is refused too.
+func TestStopAnswersEveryRequest(t *testing.T) {
+	dir := pluginDir(t)
+	plugin(t, dir, "slow", "sleep 1000")
+	h := newHarness(t, dir, t.TempDir())
+	for i := range 5 { // concurrency 4: the fifth waits in the queue
+		h.send(telemetry.Command{ID: fmt.Sprintf("r%d", i), Name: "slow"})
+	}
+	time.Sleep(300 * time.Millisecond)
+	h.cancel()
+	h.send(telemetry.Command{ID: "late", Name: "slow"})
+	var killed, refused int
+	for _, id := range []string{"r0", "r1", "r2", "r3", "r4", "late"} {
+		res := h.wait(id, 1)
+		switch {
+		case res.Status == telemetry.StatusFailed && strings.Contains(res.Reason, "the agent stopped"):
+			killed++
+		case res.Status == telemetry.StatusRefused && strings.Contains(res.Reason, "the agent is stopping"):
+			refused++
+		default:
+			t.Errorf("%s: %+v", id, res)
+		}
+	}
+	if killed != 4 || refused != 2 {
+		t.Errorf("%d killed and %d refused, want 4 and 2", killed, refused)
+	}
+}

@@ -101,9 +101,10 @@ func (c *capped) output() telemetry.Output {
 
 // runPlugin runs the plugin at path with args, directly (no shell), in its
 // own process group, with a clean environment and the plugin directory as
-// working directory. At the deadline the whole group gets SIGTERM, then
-// SIGKILL; when the plugin exits, whatever it left running in its group is
-// killed too, so nothing outlives the request.
+// working directory. At the deadline, or when the agent stops (ctx is
+// cancelled), the whole group gets SIGTERM, then SIGKILL killGrace later;
+// when the plugin exits, whatever it left running in its group is killed
+// too, so nothing outlives the request.
 func runPlugin(ctx context.Context, path string, args []string, limit int) telemetry.CommandResult {
 	res := telemetry.CommandResult{ExitCode: -1, Started: time.Now()}
 	cmd := exec.Command(path, args...)
@@ -154,8 +155,11 @@ func runPlugin(ctx context.Context, path string, args []string, limit int) telem
 	res.Stdout, res.Stderr = stdout.output(), stderr.output()
 	var exit *exec.ExitError
 	switch {
-	case timedOut:
+	case timedOut && errors.Is(ctx.Err(), context.DeadlineExceeded):
 		res.Status, res.Reason = telemetry.StatusTimedOut, "killed at the deadline"
+	case timedOut:
+		res.Status, res.Reason = telemetry.StatusFailed, "killed: the agent stopped while it ran"
+
 	case err == nil:
 		res.Status, res.ExitCode = telemetry.StatusOK, 0
 	case errors.As(err, &exit):

@@ -1,5 +1,9 @@
 // Package seqfile hands out sequence numbers that never go backwards, across
-// restarts, crashes and upgrades. Numbers are reserved in blocks: the file holds
+// restarts, crashes and upgrades, as long as the file, or else the time floor
+// it recovers from, can be persisted (see ErrRecovered): with neither (a
+// read-only state directory and no synced clock) numbers can repeat after a
+// restart, which is why receivers also tell a sender's starts apart. Numbers
+// are reserved in blocks: the file holds
 // the upper bound of the current block, written durably before any number of
 // the block is handed out, so flash is written once per block rather than once
 // per message. A restart resumes at the stored bound; the unused rest of the
