@@ -1,12 +1,16 @@
 package telemetry
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // Version is the schema version this package writes. A receiver decodes any
@@ -114,11 +118,22 @@ func init() {
 // valid until the next call. Batches, the bulk of the traffic, are written by
 // hand: no allocation, and integral values as CBOR integers (a count costs one
 // to five bytes, not a float).
+//
+// Every string an Encoder writes is valid UTF-8, which the receiver's strict
+// decoder demands: one that is not (a name that reached telemetry without
+// passing text.EscapeString where it was read) is escaped by that rule and
+// counted (Escaped), so a missed boundary costs a count, never a message.
 type Encoder struct {
 	buf     []byte
 	strings []string          // the message's string table, in order
 	index   map[string]uint64 // string → its place in the table
+	escaped uint64
 }
+
+// Escaped counts the strings the encoder had to escape because they were not
+// valid UTF-8, over its life: each is a name or text that some reader let
+// through unescaped (a bug to report; the message itself went out).
+func (e *Encoder) Escaped() uint64 { return e.escaped }
 
 // Encode wraps body, which must be the Go type that h.Kind names.
 func (e *Encoder) Encode(h Header, body any) ([]byte, error) {
@@ -129,12 +144,14 @@ func (e *Encoder) Encode(h Header, body any) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", h.Kind, err)
 	}
+	raw, n := escapeTexts(raw)
+	e.escaped += n
 	e.buf = append(e.header(h), raw...)
 	return e.buf, nil
 }
 
 // EncodeBatches encodes one telemetry message; once its buffers have grown
-// it allocates nothing. Point names and tags are written once each into a
+// it allocates nothing (but to escape a string that is not valid UTF-8). Point names and tags are written once each into a
 // string table that points refer to by index: names repeat across tags and
 // nodes, and the table halves a message against JSON where plain CBOR saved
 // only a third.
@@ -159,7 +176,7 @@ func (e *Encoder) EncodeBatches(h Header, batches []Batch) []byte {
 	b := appendHead(e.header(h), majorMap, 2)
 	b = appendHead(appendUint(b, 1), majorArray, uint64(len(e.strings)))
 	for _, s := range e.strings {
-		b = appendText(b, s)
+		b = e.appendText(b, s)
 	}
 	b = appendHead(appendUint(b, 2), majorArray, uint64(len(batches)))
 	for i := range batches {
@@ -188,7 +205,7 @@ func (e *Encoder) header(h Header) []byte {
 	}
 	b := appendHead(e.buf[:0], majorMap, pairs)
 	b = appendUint(appendUint(b, 1), Version)
-	b = appendText(appendUint(b, 2), h.Node)
+	b = e.appendText(appendUint(b, 2), h.Node)
 	b = appendUint(appendUint(b, 3), h.Seq)
 	b = appendTime(appendUint(b, 4), h.Time)
 	b = appendUint(appendUint(b, 5), uint64(h.Kind))
@@ -196,7 +213,7 @@ func (e *Encoder) header(h Header) []byte {
 		b = append(appendUint(b, 7), majorSimple|21) // true
 	}
 	if h.Instance != "" {
-		b = appendText(appendUint(b, 8), h.Instance)
+		b = e.appendText(appendUint(b, 8), h.Instance)
 	}
 	return appendUint(b, 6)
 }
@@ -236,6 +253,7 @@ func (env Envelope) DecodeBody(v any) error {
 const (
 	majorUint   = 0 << 5
 	majorNeg    = 1 << 5
+	majorBytes  = 2 << 5
 	majorText   = 3 << 5
 	majorArray  = 4 << 5
 	majorMap    = 5 << 5
@@ -261,6 +279,67 @@ func appendUint(b []byte, n uint64) []byte { return appendHead(b, majorUint, n) 
 
 func appendText(b []byte, s string) []byte {
 	return append(appendHead(b, majorText, uint64(len(s))), s...)
+}
+
+// appendText appends s as a text string, escaped (and counted) when it is
+// not valid UTF-8.
+func (e *Encoder) appendText(b []byte, s string) []byte {
+	if !utf8.ValidString(s) {
+		s = text.EscapeString(s)
+		e.escaped++
+	}
+	return appendText(b, s)
+}
+
+// escapeTexts escapes every text string in the CBOR data item b that is not
+// valid UTF-8, and says how many it escaped. b is encMode's output: well
+// formed, definite lengths only. When every text string is valid, b is
+// returned as it is.
+func escapeTexts(b []byte) ([]byte, uint64) {
+	var out []byte // b[:copied], its invalid texts escaped; nil until one is found
+	copied, n := 0, uint64(0)
+	for i, items := 0, 1; items > 0 && i < len(b); items-- {
+		major, arg, size := readHead(b[i:])
+		switch major {
+		case majorArray:
+			items += int(arg)
+		case majorMap:
+			items += 2 * int(arg)
+		case majorTag:
+			items++
+		case majorBytes, majorText:
+			content := b[i+size : i+size+int(arg)]
+			if major == majorText && !utf8.Valid(content) {
+				out = appendText(append(out, b[copied:i]...), text.Escape(content))
+				copied = i + size + int(arg)
+				n++
+			}
+			size += int(arg)
+		}
+		i += size
+	}
+	if n == 0 {
+		return b, 0
+	}
+	return append(out, b[copied:]...), n
+}
+
+// readHead reads the head of the data item at the start of b: its major
+// type, its argument (a length, a count, a value or a float's bits) and the
+// head's size in bytes.
+func readHead(b []byte) (major byte, arg uint64, size int) {
+	major, info := b[0]&0xe0, b[0]&0x1f
+	switch info {
+	case 24:
+		return major, uint64(b[1]), 2
+	case 25:
+		return major, uint64(binary.BigEndian.Uint16(b[1:])), 3
+	case 26:
+		return major, uint64(binary.BigEndian.Uint32(b[1:])), 5
+	case 27:
+		return major, binary.BigEndian.Uint64(b[1:]), 9
+	}
+	return major, uint64(info), 1 // below 24; encMode writes no indefinite lengths
 }
 
 // appendTime writes tag 1 (epoch time) with integer seconds.
@@ -294,7 +373,7 @@ func appendNumber(b []byte, v float64) []byte {
 // appendBatch writes a batch as wireBatch describes it.
 func (e *Encoder) appendBatch(b []byte, batch *Batch) []byte {
 	b = appendHead(b, majorMap, 3)
-	b = appendText(appendUint(b, 1), batch.Source)
+	b = e.appendText(appendUint(b, 1), batch.Source)
 	b = appendTime(appendUint(b, 2), batch.Time)
 	b = appendHead(appendUint(b, 3), majorArray, uint64(len(batch.Points)))
 	for i := range batch.Points {
