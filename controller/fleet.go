@@ -86,7 +86,8 @@ type Fleet struct {
 	events  []EventRecord
 	nextID  uint64
 	changed chan struct{} // closed and replaced when an event is added
-	bad     uint64
+	stats   Stats
+	folds   map[refusalKey]*folded                  // refusals without their own event yet
 	results map[string]chan telemetry.CommandResult // awaited command results, by id
 }
 
@@ -147,32 +148,65 @@ func NewFleet(opts Options) *Fleet {
 		opts.TopicPrefix = "edge"
 	}
 	return &Fleet{opts: opts, nodes: map[string]*nodeState{}, changed: make(chan struct{}),
-		results: map[string]chan telemetry.CommandResult{}}
+		stats: Stats{RefusedByReason: map[string]uint64{}, RefusedByNode: map[string]map[string]uint64{}},
+		folds: map[refusalKey]*folded{}, results: map[string]chan telemetry.CommandResult{}}
 }
 
-// Handle takes one message from topic <prefix>/<node>/<kind>. Messages that
-// do not decode, or whose node does not match the topic, are refused with an
-// error and counted; a message already seen (same node, instance and seq) is
-// counted as a duplicate and otherwise ignored.
+// Handle takes one message from topic <prefix>/<node>/<kind>. A message
+// already seen (same node, instance and seq) is counted as a duplicate and
+// otherwise ignored. A message that is too large, does not decode, or whose
+// node is not the topic's is refused: Handle returns a *Refusal, counts it by
+// reason and by the topic's node (Stats), and raises a warning event about it
+// (rate limited: see refusalEvery).
 func (f *Fleet) Handle(topic string, payload []byte, now time.Time) error {
+	rest, _ := strings.CutPrefix(topic, f.opts.TopicPrefix+"/")
+	node, _, _ := strings.Cut(rest, "/")
+	refused := &Refusal{Node: node, Topic: topic}
 	env, err := telemetry.Decode(payload)
-	if err == nil {
-		rest, _ := strings.CutPrefix(topic, f.opts.TopicPrefix+"/")
-		if node, _, _ := strings.Cut(rest, "/"); node != env.Node {
-			err = fmt.Errorf("node %q published on topic %s", env.Node, topic)
-		}
-	}
-	if err != nil {
-		f.mu.Lock()
-		f.bad++
-		f.mu.Unlock()
-		return err
+	switch {
+	case err != nil && len(payload) > telemetry.MaxMessage:
+		refused.Reason, refused.Err = RefusedTooLarge, err
+	case err != nil:
+		refused.Reason, refused.Err = RefusedEnvelope, err
+	case node != env.Node:
+		refused.Reason, refused.Seq = RefusedTopic, env.Seq
+		refused.Err = fmt.Errorf("node %q published on topic %s", env.Node, topic)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if refused.Reason != "" {
+		return f.refuse(refused, now)
+	}
 	n := f.node(env.Node)
 	n.LastSeen = now
-	if env.Kind == telemetry.KindState { // presence: latest wins, not numbered for de-duplication
+	if env.Kind != telemetry.KindState { // presence: latest wins, not numbered for de-duplication
+		id := newMsgID(env)
+		if _, dup := n.seen[id]; dup {
+			n.Duplicates++
+			return nil
+		}
+		n.seen[id] = struct{}{}
+		n.order = append(n.order, id)
+		if len(n.order) > dedupWindow {
+			delete(n.seen, n.order[0])
+			n.order = n.order[1:]
+		}
+	}
+	if err := f.apply(n, env, now); err != nil {
+		refused.Reason, refused.Seq, refused.Err = RefusedBody, env.Seq, err
+		return f.refuse(refused, now)
+	}
+	if env.Kind != telemetry.KindState {
+		n.Messages++
+	}
+	return nil
+}
+
+// apply decodes a message's body and updates the fleet with it; the error
+// is the body's that did not decode.
+func (f *Fleet) apply(n *nodeState, env telemetry.Envelope, now time.Time) error {
+	switch env.Kind {
+	case telemetry.KindState:
 		var st telemetry.State
 		if err := env.DecodeBody(&st); err != nil {
 			return err
@@ -184,21 +218,6 @@ func (f *Fleet) Handle(topic string, payload []byte, now time.Time) error {
 			why = "last will: the connection broke"
 		}
 		f.setOnline(n, st.State == "online", now, why, st.Clean)
-		return nil
-	}
-	id := newMsgID(env)
-	if _, dup := n.seen[id]; dup {
-		n.Duplicates++
-		return nil
-	}
-	n.seen[id] = struct{}{}
-	n.order = append(n.order, id)
-	if len(n.order) > dedupWindow {
-		delete(n.seen, n.order[0])
-		n.order = n.order[1:]
-	}
-	n.Messages++
-	switch env.Kind {
 	case telemetry.KindHeartbeat:
 		var hb telemetry.Heartbeat
 		if err := env.DecodeBody(&hb); err != nil {
@@ -359,11 +378,13 @@ func (f *Fleet) addEvent(node string, e telemetry.Event) {
 	f.changed = make(chan struct{})
 }
 
-// Check marks nodes offline that missed three heartbeats, and ends
-// conflicts in which one agent fell silent.
+// Check marks nodes offline that missed three heartbeats, ends conflicts
+// in which one agent fell silent, and raises the events of refused messages
+// that were folded (see refusalEvery).
 func (f *Fleet) Check(now time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.flushRefusals(now)
 	deadline := 3 * f.opts.HeartbeatInterval
 	for _, n := range f.nodes {
 		if n.Online && now.Sub(n.LastSeen) > deadline && now.Sub(n.LastHeartbeat) > deadline {
@@ -418,11 +439,4 @@ func (f *Fleet) Events(after uint64) ([]EventRecord, <-chan struct{}) {
 		return int(int64(e.ID) - int64(id))
 	})
 	return slices.Clone(f.events[i:]), f.changed
-}
-
-// Refused counts messages that did not decode or came on the wrong topic.
-func (f *Fleet) Refused() uint64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.bad
 }

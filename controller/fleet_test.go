@@ -73,8 +73,8 @@ func TestFleetRefusesSpoofAndGarbage(t *testing.T) {
 	if err := f.Handle("edge/n/telemetry", []byte{0xff, 0x00}, now); err == nil {
 		t.Error("garbage accepted")
 	}
-	if f.Refused() != 2 || len(f.Nodes()) != 0 {
-		t.Errorf("refused %d, nodes %v", f.Refused(), f.Nodes())
+	if st := f.Stats(); st.Refused != 2 || len(f.Nodes()) != 0 {
+		t.Errorf("refused %d, nodes %v", st.Refused, f.Nodes())
 	}
 }
 

@@ -100,13 +100,26 @@ func (g *Ingest) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case m := <-g.in:
-			if err := g.o.Fleet.Handle(m.topic, m.payload, time.Now()); err != nil {
-				g.o.Log.Warn("message refused", "topic", m.topic, "err", err)
-			}
+			g.refused(g.o.Fleet.Handle(m.topic, m.payload, time.Now()))
 		case now := <-tick.C:
 			g.o.Fleet.Check(now)
 		}
 	}
+}
+
+// refused logs a refusal Handle returned: a warning, or at debug level one
+// folded into a later event, so a flood of bad messages floods no log.
+func (g *Ingest) refused(err error) {
+	var r *Refusal
+	if !errors.As(err, &r) {
+		return
+	}
+	level := slog.LevelWarn
+	if r.Folded {
+		level = slog.LevelDebug
+	}
+	g.o.Log.Log(context.Background(), level, "message refused", "reason", r.Reason, "node", r.Node, "topic", r.Topic,
+		"seq", r.Seq, "err", r.Err)
 }
 
 // Send publishes a request to its node with QoS 1.
@@ -143,7 +156,7 @@ type ExecRequest struct {
 func API(f *Fleet, g *Ingest) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/stats", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, map[string]uint64{"refused": f.Refused()})
+		writeJSON(w, f.Stats())
 	})
 	mux.HandleFunc("POST /api/exec", func(w http.ResponseWriter, r *http.Request) {
 		var req ExecRequest
