@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"github.com/seed69aca190/edgeagent/hal/internal/kfile"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // IOStats is one device's line of /proc/diskstats: cumulative counters since
-// boot. Sectors are 512 bytes whatever the device's sector size.
+// boot. Sectors are 512 bytes whatever the device's sector size. Name is
+// escaped as Disk's is, so the two pair up.
 type IOStats struct {
 	Name         string
 	Dev          string // major:minor
@@ -88,7 +90,7 @@ func parseDiskstatsLine(fields []string) (IOStats, error) {
 		v[i] = x
 	}
 	return IOStats{
-		Name: fields[2], Dev: fields[0] + ":" + fields[1],
+		Name: text.EscapeString(fields[2]), Dev: text.EscapeString(fields[0] + ":" + fields[1]),
 		ReadIOs: v[0], ReadMerges: v[1], ReadSectors: v[2], ReadTicksMs: v[3],
 		WriteIOs: v[4], WriteMerges: v[5], WriteSectors: v[6], WriteTicksMs: v[7],
 		InFlight: v[8], IOTicksMs: v[9], QueueTimeMs: v[10],

@@ -1,12 +1,16 @@
 package disk
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // vmTree extracts testdata/vm.txtar (a copy of this project's CI machine, a
@@ -152,5 +156,62 @@ func TestDiskStatsOnFixture(t *testing.T) {
 	}
 	if p1 == nil || p1.Dev != "259:0" || p1.WriteSectors == 0 || !p1.HasDiscard || !p1.HasFlush {
 		t.Errorf("loop0p1 stats: %+v", p1)
+	}
+}
+
+// TestDiskTextOnFixture puts random bytes where the kernel and the drives
+// put names (a block device's name and its line in /proc/diskstats, a dm
+// name, a serial, a model) into the fixture tree: everything Disks and
+// DiskStats return is text, the names escaped alike so they still pair up.
+func TestDiskTextOnFixture(t *testing.T) {
+	r := rand.New(rand.NewPCG(16, 1))
+	for range 40 {
+		root := vmTree(t)
+		sys := filepath.Join(root, "sys")
+		name := "md" + fixture.Junk(r, 1+r.IntN(8), "/\x00 \t\n\v\f\r")
+		dmName, serial, model := fixture.Junk(r, r.IntN(12), ""), fixture.Junk(r, r.IntN(12), ""), fixture.Junk(r, r.IntN(12), "")
+		dir := filepath.Join(sys, "devices/virtual/block", name)
+		vda := filepath.Join(sys, "devices/pci0000:00/0000:00:02.0/virtio1/block/vda")
+		for path, data := range map[string]string{
+			filepath.Join(dir, "dev"): "9:127\n", filepath.Join(dir, "size"): "2048\n", filepath.Join(dir, "dm/name"): dmName + "\n",
+			filepath.Join(vda, "serial"): serial, filepath.Join(vda, "device/model"): model + "\n",
+		} {
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Symlink("../devices/virtual/block/"+name, filepath.Join(sys, "block", name)); err != nil {
+			t.Fatal(err)
+		}
+		stats, err := os.OpenFile(filepath.Join(root, "proc/diskstats"), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(stats, "   9     127 %s 1 0 8 0 2 0 16 0 0 1 1 0 0 0 0 0 0\n", name)
+		stats.Close()
+
+		fs := NewFS(sys, filepath.Join(root, "proc"))
+		disks, _ := fs.Disks(Options{}) // the fixture's loop mount is not here: its statfs fails
+		io, err := fs.DiskStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bad := fixture.InvalidText(disks) + fixture.InvalidText(io); bad != "" {
+			t.Fatalf("not text: %s", bad)
+		}
+		md := findDisk(disks, text.EscapeString(name))
+		if md == nil || md.DMName != text.EscapeString(strings.TrimSpace(dmName)) {
+			t.Fatalf("%q: %+v", name, md)
+		}
+		if d := findDisk(disks, "vda"); d.Serial != text.EscapeString(strings.TrimSpace(serial)) ||
+			d.Model != text.EscapeString(strings.TrimSpace(model)) {
+			t.Fatalf("vda serial %q model %q, from %q %q", d.Serial, d.Model, serial, model)
+		}
+		if !slices.ContainsFunc(io, func(s IOStats) bool { return s.Name == md.Name && s.Dev == "9:127" }) {
+			t.Fatalf("no I/O counters under %q", md.Name)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/seed69aca190/edgeagent/hal/internal/kfile"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // FS reads block devices below a sysfs and a procfs root.
@@ -27,7 +28,10 @@ type Options struct {
 	IncludeRAM  bool // ram and zram devices
 }
 
-// Disk is one block device that is a whole disk (not a partition).
+// Disk is one block device that is a whole disk (not a partition). Its
+// strings are text for reports: what the kernel or the drive gave that is not
+// valid UTF-8 is escaped (internal/text), and such a name no longer opens
+// the device.
 type Disk struct {
 	Name               string       `json:"name"`
 	Dev                string       `json:"dev"`  // major:minor
@@ -110,6 +114,8 @@ func (o Options) wants(d *Disk) bool {
 
 // attrReader reads attributes of one sysfs directory, remembering the first
 // real error; a missing attribute (older kernel, other driver) is not one.
+// What it returns is text, escaped (internal/text): a model or serial is
+// whatever bytes the drive's firmware put there.
 type attrReader struct {
 	errs []error
 }
@@ -119,7 +125,7 @@ func (r *attrReader) str(path string) string {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		r.errs = append(r.errs, err)
 	}
-	return s
+	return text.EscapeString(s)
 }
 
 func (r *attrReader) uint(path string) uint64 {
@@ -141,7 +147,7 @@ func (r *attrReader) links(dir string) []string {
 	}
 	var names []string
 	for _, e := range entries {
-		names = append(names, e.Name())
+		names = append(names, text.EscapeString(e.Name()))
 	}
 	return names
 }
@@ -153,7 +159,7 @@ func (f FS) readDisk(name string) (*Disk, error) {
 		return nil, fmt.Errorf("resolve %s: %w", link, err)
 	}
 	var r attrReader
-	d := &Disk{Name: name}
+	d := &Disk{Name: text.EscapeString(name)}
 	d.Dev = r.str(filepath.Join(dir, "dev"))
 	d.SizeBytes = r.uint(filepath.Join(dir, "size")) * 512 // always 512-byte sectors
 	d.Kind, d.Transport = classify(name, devicePath(f.sys, dir))
@@ -185,7 +191,7 @@ func (f FS) readDisk(name string) (*Disk, error) {
 			continue
 		}
 		d.Partitions = append(d.Partitions, Partition{
-			Name:        e.Name(),
+			Name:        text.EscapeString(e.Name()),
 			Dev:         r.str(filepath.Join(pdir, "dev")),
 			Number:      r.uint(filepath.Join(pdir, "partition")),
 			StartSector: r.uint(filepath.Join(pdir, "start")),

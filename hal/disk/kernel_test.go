@@ -9,18 +9,21 @@ import (
 	"time"
 
 	"github.com/seed69aca190/edgeagent/internal/testenv"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // TestLoopDeviceOnRealKernel makes a real block device (a loop device over a
-// file), puts ext4 on it, mounts it and writes to it, then checks what the HAL
-// reads from the machine's own /sys and /proc.
+// file whose name is not UTF-8), puts ext4 on it, mounts it where the path is
+// not UTF-8 either, writes to it, then checks what the HAL reads from the
+// machine's own /sys and /proc: the mount point and the image's path are
+// reported escaped, the usage read through the real path.
 func TestLoopDeviceOnRealKernel(t *testing.T) {
 	testenv.RequireRoot(t)
 	for _, tool := range []string{"losetup", "mkfs.ext4", "mount", "umount"} {
 		testenv.LookPath(t, tool)
 	}
 	dir := t.TempDir()
-	img := filepath.Join(dir, "disk.img")
+	img := filepath.Join(dir, "disk\xfe.img")
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +34,7 @@ func TestLoopDeviceOnRealKernel(t *testing.T) {
 	t.Cleanup(func() { testenv.Run(t, "losetup", "--detach", dev) })
 	name := filepath.Base(dev)
 	testenv.Run(t, "mkfs.ext4", "-q", dev)
-	mnt := filepath.Join(dir, "mnt")
+	mnt := filepath.Join(dir, "mnt \xff\\x") // a space too: the kernel writes it \040 in mountinfo
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -68,14 +71,14 @@ func TestLoopDeviceOnRealKernel(t *testing.T) {
 	if d == nil {
 		t.Fatalf("%s not in the inventory", name)
 	}
-	if d.Kind != "loop" || d.SizeBytes != 64<<20 || d.BackingFile != img {
+	if d.Kind != "loop" || d.SizeBytes != 64<<20 || d.BackingFile != text.EscapeString(img) {
 		t.Errorf("%s: %+v", name, d)
 	}
 	if len(d.Filesystems) != 1 {
 		t.Fatalf("%s filesystems: %+v", name, d.Filesystems)
 	}
 	fsys := d.Filesystems[0]
-	if fsys.MountPoint != mnt || fsys.Type != "ext4" || fsys.UsageError != "" ||
+	if fsys.MountPoint != text.EscapeString(mnt) || fsys.Type != "ext4" || fsys.UsageError != "" ||
 		fsys.TotalBytes < 40<<20 || fsys.TotalBytes > 64<<20 || fsys.UsedBytes < 8<<20 || fsys.Inodes == 0 {
 		t.Errorf("filesystem: %+v", fsys)
 	}

@@ -7,9 +7,11 @@ import (
 	"strings"
 
 	"github.com/seed69aca190/edgeagent/hal/internal/kfile"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
-// Mount is one line of /proc/self/mountinfo.
+// Mount is one line of /proc/self/mountinfo, with the kernel's bytes (its
+// octal escapes undone): a path that statfs can use, not yet text to report.
 type Mount struct {
 	Dev        string // major:minor of the device mounted
 	Root       string // the part of the filesystem mounted here (bind mounts)
@@ -19,7 +21,8 @@ type Mount struct {
 	ReadOnly   bool
 }
 
-// Filesystem is a mounted filesystem with its usage.
+// Filesystem is a mounted filesystem with its usage. Its strings are text
+// for reports, escaped where a mount point is not valid UTF-8.
 type Filesystem struct {
 	Device     string `json:"device"` // the disk or partition it lives on
 	MountPoint string `json:"mount_point"`
@@ -138,11 +141,12 @@ func (d *Disk) attachFilesystems(mounts []Mount) []error {
 	var errs []error
 	for _, dev := range order {
 		m := chosen[dev]
-		fs := Filesystem{Device: devs[dev], MountPoint: m.MountPoint, Type: m.FSType, ReadOnly: m.ReadOnly}
-		if err := fs.fillUsage(); err != nil {
-			fs.UsageError = err.Error()
+		fs := Filesystem{Device: devs[dev], MountPoint: m.MountPoint, Type: text.EscapeString(m.FSType), ReadOnly: m.ReadOnly}
+		if err := fs.fillUsage(); err != nil { // with the kernel's bytes
+			fs.UsageError = text.EscapeString(err.Error())
 			errs = append(errs, fmt.Errorf("disk %s: %w", d.Name, err))
 		}
+		fs.MountPoint = text.EscapeString(fs.MountPoint)
 		d.Filesystems = append(d.Filesystems, fs)
 	}
 	return errs

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
 )
 
 func equalJSON(t *testing.T, got, want any) bool {
@@ -210,25 +213,49 @@ func TestParseSmartctl(t *testing.T) {
 
 func FuzzParseDiskstats(f *testing.F) {
 	f.Add([]byte(" 254       0 vda 97 0 1212 7 30 61 10876 7 0 12 17 2 0 49154 0 10 2\n"))
+	f.Add([]byte("   9     127 md\xff\\x 1 0 8 0 2 0 16 0 0 1 1\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		stats, err := parseDiskstats(data)
 		if err == nil && len(stats) > strings.Count(string(data), "\n")+1 {
 			t.Fatalf("more devices than lines")
 		}
+		if bad := fixture.InvalidText(stats); bad != "" {
+			t.Fatalf("not text: %s", bad)
+		}
 	})
 }
 
+// FuzzParseMountinfo parses any mount table and reports its filesystems as
+// a disk would (statfs of whatever mount points it names, read-only): what
+// is reported is text, whatever the kernel's bytes.
 func FuzzParseMountinfo(f *testing.F) {
 	f.Add([]byte("42 27 259:0 / /mnt/my\\040data ro,relatime shared:1 - ext4 /dev/loop0p1 rw\n"))
-	f.Fuzz(func(t *testing.T, data []byte) { _, _ = parseMountinfo(data) })
+	f.Add([]byte("43 27 259:1 / /mnt/\\377\xfe\\134 rw - ext\xff /dev/loop0p2 rw\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		mounts, _ := parseMountinfo(data)
+		for _, m := range mounts {
+			d := Disk{Name: "vda", Dev: m.Dev}
+			d.attachFilesystems(mounts)
+			if bad := fixture.InvalidText(d.Filesystems); bad != "" {
+				t.Fatalf("not text: %s", bad)
+			}
+		}
+	})
 }
 
+// FuzzParseSmartctl: a verdict for every output that parses, and its
+// strings are text (encoding/json turns invalid UTF-8 into U+FFFD).
 func FuzzParseSmartctl(f *testing.F) {
 	f.Add([]byte(`{"json_format_version":[1,0],"smartctl":{"exit_status":0},"smart_status":{"passed":true}}`))
+	f.Add([]byte(`{"json_format_version":[1,0],"smartctl":{"messages":[{"string":"Read failed: ` + "\xff\xfe" +
+		`"}],"exit_status":4},"device":{"protocol":"A` + "\xc0" + `"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		h, err := parseSmartctl(data)
 		if err == nil && h.Status == "" {
 			t.Fatal("a parsed output without a verdict")
+		}
+		if bad := fixture.InvalidText(h); bad != "" || (err != nil && !utf8.ValidString(err.Error())) {
+			t.Fatalf("not text: %s %q", bad, err)
 		}
 	})
 }
