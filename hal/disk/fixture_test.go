@@ -165,33 +165,37 @@ func TestDiskStatsOnFixture(t *testing.T) {
 // DiskStats return is text, the names escaped alike so they still pair up.
 func TestDiskTextOnFixture(t *testing.T) {
 	r := rand.New(rand.NewPCG(16, 1))
-	for range 40 {
-		root := vmTree(t)
-		sys := filepath.Join(root, "sys")
+	root := vmTree(t)
+	sys := filepath.Join(root, "sys")
+	vda := filepath.Join(sys, "devices/pci0000:00/0000:00:02.0/virtio1/block/vda")
+	diskstats, err := os.ReadFile(filepath.Join(root, "proc/diskstats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(path, data string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 200 {
 		name := "md" + fixture.Junk(r, 1+r.IntN(8), "/\x00 \t\n\v\f\r")
 		dmName, serial, model := fixture.Junk(r, r.IntN(12), ""), fixture.Junk(r, r.IntN(12), ""), fixture.Junk(r, r.IntN(12), "")
 		dir := filepath.Join(sys, "devices/virtual/block", name)
-		vda := filepath.Join(sys, "devices/pci0000:00/0000:00:02.0/virtio1/block/vda")
-		for path, data := range map[string]string{
-			filepath.Join(dir, "dev"): "9:127\n", filepath.Join(dir, "size"): "2048\n", filepath.Join(dir, "dm/name"): dmName + "\n",
-			filepath.Join(vda, "serial"): serial, filepath.Join(vda, "device/model"): model + "\n",
-		} {
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := os.Symlink("../devices/virtual/block/"+name, filepath.Join(sys, "block", name)); err != nil {
+		write(filepath.Join(dir, "dev"), "9:127\n")
+		write(filepath.Join(dir, "size"), "2048\n")
+		write(filepath.Join(dir, "dm/name"), dmName+"\n")
+		write(filepath.Join(vda, "serial"), serial)
+		write(filepath.Join(vda, "device/model"), model+"\n")
+		write(filepath.Join(root, "proc/diskstats"), string(diskstats)+
+			fmt.Sprintf("   9     127 %s 1 0 8 0 2 0 16 0 0 1 1 0 0 0 0 0 0\n", name))
+		link := filepath.Join(sys, "block", name)
+		if err := os.Symlink("../devices/virtual/block/"+name, link); err != nil {
 			t.Fatal(err)
 		}
-		stats, err := os.OpenFile(filepath.Join(root, "proc/diskstats"), os.O_APPEND|os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(stats, "   9     127 %s 1 0 8 0 2 0 16 0 0 1 1 0 0 0 0 0 0\n", name)
-		stats.Close()
 
 		fs := NewFS(sys, filepath.Join(root, "proc"))
 		disks, _ := fs.Disks(Options{}) // the fixture's loop mount is not here: its statfs fails
@@ -213,5 +217,7 @@ func TestDiskTextOnFixture(t *testing.T) {
 		if !slices.ContainsFunc(io, func(s IOStats) bool { return s.Name == md.Name && s.Dev == "9:127" }) {
 			t.Fatalf("no I/O counters under %q", md.Name)
 		}
+		os.Remove(link)
+		os.RemoveAll(dir)
 	}
 }
