@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed69aca190/edgeagent/hal/internal/kfile"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // Reader reads links in one network namespace.
@@ -73,7 +74,7 @@ func (r *Reader) Links() ([]Link, error) {
 	}
 	names := make(map[int]string, len(nlLinks))
 	for _, l := range nlLinks {
-		names[l.Attrs().Index] = l.Attrs().Name
+		names[l.Attrs().Index] = text.EscapeString(l.Attrs().Name)
 	}
 	byIndex := make(map[int][]Address)
 	for _, a := range addrs {
@@ -83,19 +84,20 @@ func (r *Reader) Links() ([]Link, error) {
 	for _, l := range nlLinks {
 		link := fromNetlink(l, names)
 		link.Addresses = byIndex[link.Index]
-		r.readSpeed(&link)
+		r.readSpeed(&link, l.Attrs().Name)
 		links = append(links, link)
 	}
 	slices.SortFunc(links, func(a, b Link) int { return a.Index - b.Index })
 	return links, addrErr
 }
 
+// fromNetlink makes the Link of l; names are every link's, by index, escaped.
 func fromNetlink(l netlink.Link, names map[int]string) Link {
 	a := l.Attrs()
 	link := Link{
-		Name:      a.Name,
+		Name:      names[a.Index],
 		Index:     a.Index,
-		Kind:      kind(l),
+		Kind:      text.EscapeString(kind(l)),
 		MTU:       a.MTU,
 		AdminUp:   a.Flags&net.FlagUp != 0,
 		OperState: a.OperState.String(),
@@ -139,10 +141,11 @@ func toAddress(n *net.IPNet, scope int) Address {
 	return a
 }
 
-// readSpeed fills speed and duplex from sysfs when sysfs shows this link and
-// the driver reports them (a down link or a virtual one often does not).
-func (r *Reader) readSpeed(l *Link) {
-	dir := filepath.Join(r.sys, "class", "net", l.Name)
+// readSpeed fills speed and duplex from sysfs when sysfs shows this link,
+// by its name as the kernel has it, and the driver reports them (a down link
+// or a virtual one often does not).
+func (r *Reader) readSpeed(l *Link, name string) {
+	dir := filepath.Join(r.sys, "class", "net", name)
 	ifindex, err := kfile.String(filepath.Join(dir, "ifindex"))
 	if err != nil || ifindex != strconv.Itoa(l.Index) {
 		return // not this namespace's sysfs, or no such link there
@@ -153,6 +156,6 @@ func (r *Reader) readSpeed(l *Link) {
 		}
 	}
 	if d, err := kfile.String(filepath.Join(dir, "duplex")); err == nil && d != "unknown" {
-		l.Duplex = d
+		l.Duplex = text.EscapeString(d)
 	}
 }

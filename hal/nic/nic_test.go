@@ -3,12 +3,15 @@ package nic
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
 	"github.com/seed69aca190/edgeagent/internal/testenv"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // watcher runs Watch in the background and collects its events.
@@ -196,4 +199,36 @@ func TestWatchSurvivesOverrun(t *testing.T) {
 	if !resynced {
 		t.Errorf("no resync: %d notifications fitted a 4 KiB buffer; the test did not force an overrun", 2*pairs)
 	}
+}
+
+// TestLinkNamesAreText names real links with random bytes (any but what the
+// kernel refuses in a name: '/', ':', white space, NUL): Links and Watch
+// report them escaped, everything else about them read as for any link.
+func TestLinkNamesAreText(t *testing.T) {
+	ns, peer := testenv.Netns(t), testenv.Netns(t)
+	r := open(t, ns)
+	w := startWatch(t, r, WatchOptions{}, 256)
+	rnd := rand.New(rand.NewPCG(10, 28))
+	var names []string
+	for i := range 10 {
+		name := fmt.Sprintf("%d", i) + fixture.Junk(rnd, 1+rnd.IntN(12), "/: \t\n\v\f\r\x00")
+		testenv.Run(t, "ip", "-n", ns, "link", "add", "name", name, "type", "veth", "peer", "name", fmt.Sprintf("p%d", i), "netns", peer)
+		testenv.Run(t, "ip", "-n", ns, "link", "set", name, "up")
+		w.expect(text.EscapeString(name), LinkAdded, 2*time.Second)
+		names = append(names, name)
+	}
+	links, err := r.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bad := fixture.InvalidText(links); bad != "" {
+		t.Fatalf("not text: %s", bad)
+	}
+	for _, name := range names {
+		if l := find(links, text.EscapeString(name)); l == nil || l.Kind != "veth" || !l.AdminUp {
+			t.Errorf("%q: %+v", name, l)
+		}
+	}
+	testenv.Run(t, "ip", "-n", ns, "link", "delete", names[0])
+	w.expect(text.EscapeString(names[0]), LinkRemoved, 2*time.Second)
 }

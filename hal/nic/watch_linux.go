@@ -11,11 +11,13 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // linkState is what Watch remembers of a link to tell what changed.
 type linkState struct {
-	name    string
+	name    string // escaped
 	admin   bool
 	carrier bool
 	oper    string
@@ -162,7 +164,7 @@ func linkEvent(known map[int]linkState, u netlink.LinkUpdate) (Event, bool) {
 		delete(known, idx)
 		name := old.name
 		if name == "" {
-			name = u.Attrs().Name
+			name = text.EscapeString(u.Attrs().Name)
 		}
 		return Event{Time: time.Now(), Link: name, Index: idx, Change: LinkRemoved, Old: old.oper,
 			Message: fmt.Sprintf("link %s removed", name)}, true
@@ -247,5 +249,5 @@ func (r *Reader) snapshot() (map[int]linkState, error) {
 
 func stateOf(l netlink.Link) linkState {
 	a := l.Attrs()
-	return linkState{name: a.Name, admin: a.Flags&net.FlagUp != 0, carrier: a.RawFlags&unix.IFF_LOWER_UP != 0, oper: a.OperState.String()}
+	return linkState{name: text.EscapeString(a.Name), admin: a.Flags&net.FlagUp != 0, carrier: a.RawFlags&unix.IFF_LOWER_UP != 0, oper: a.OperState.String()}
 }
