@@ -14,7 +14,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
 	"github.com/seed69aca190/edgeagent/internal/testenv"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // pair makes two namespaces joined by a veth pair: a gets addrA, b gets addrB
@@ -167,12 +169,13 @@ func TestOpenVPNPair(t *testing.T) {
 // two namespaces, passes traffic so they handshake, reads them through a
 // Tracker whose wall clock steps six hours either way (the verdict stays up),
 // then takes one side away and watches the other go stale with the clock six
-// hours back. StaleAfter is shortened to keep it fast.
+// hours back. StaleAfter is shortened to keep it fast. One interface's name
+// is not UTF-8: the tunnel is found under the name escaped.
 func TestWireGuardPair(t *testing.T) {
 	testenv.LookPath(t, "wireguard-go")
 	nsA, nsB := pair(t, "198.18.6.1", "198.18.6.2")
 	suffix := strings.TrimPrefix(nsA, "edgetest-")[:6]
-	ifA, ifB := "wga"+suffix, "wgb"+suffix
+	ifA, ifB := "wg\xff"+suffix, "wgb"+suffix // A's name is not UTF-8: it is reported escaped
 
 	var logA, logB testenv.Buffer
 	start(t, nsA, &logA, "wireguard-go", "-f", ifA)
@@ -221,8 +224,11 @@ func TestWireGuardPair(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if bad := fixture.InvalidText(tunnels); bad != "" {
+			t.Fatalf("not text: %s", bad)
+		}
 		for _, tun := range tunnels {
-			if tun.Name == ifA {
+			if tun.Name == text.EscapeString(ifA) {
 				return tun
 			}
 		}

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/seed69aca190/edgeagent/hal/internal/kfile"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // OpenVPN reads one OpenVPN instance through its management interface.
@@ -113,8 +115,12 @@ func (o OpenVPN) ask(ctx context.Context, t *Tunnel) (floating bool, err error) 
 	defer conn.Close()
 	deadline, _ := ctx.Deadline()
 	conn.SetDeadline(deadline)
+	return (&mgmt{conn: conn, r: bufio.NewReader(conn)}).query(password, t)
+}
 
-	m := &mgmt{conn: conn, r: bufio.NewReader(conn)}
+// query logs in and fills t from the answers to "state all", "load-stats"
+// and "status 3"; floating is parseState's.
+func (m *mgmt) query(password string, t *Tunnel) (floating bool, err error) {
 	if err := m.login(password); err != nil {
 		return false, err
 	}
@@ -182,13 +188,15 @@ func (m *mgmt) login(password string) error {
 			return fmt.Errorf("management interface refused the password")
 		}
 	}
-	if line := strings.TrimRight(string(answer), "\r"); !strings.HasPrefix(line, "SUCCESS:") {
+	if line := text.Escape(bytes.TrimRight(answer, "\r")); !strings.HasPrefix(line, "SUCCESS:") {
 		return fmt.Errorf("management interface refused the password: %s", line)
 	}
 	return nil
 }
 
-// line returns the next line that is not a real-time notification.
+// line returns the next line that is not a real-time notification, as text
+// (escaped: a client's common name, for one, is whatever its certificate
+// says), so that everything parsed from it is text too.
 func (m *mgmt) line() (string, error) {
 	for {
 		s, err := m.r.ReadString('\n')
@@ -197,7 +205,7 @@ func (m *mgmt) line() (string, error) {
 		}
 		s = strings.TrimRight(s, "\r\n")
 		if !strings.HasPrefix(s, ">") {
-			return s, nil
+			return text.EscapeString(s), nil
 		}
 	}
 }

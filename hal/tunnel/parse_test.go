@@ -1,21 +1,26 @@
 package tunnel
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
 	"github.com/seed69aca190/edgeagent/hal/nic"
 )
 
 // lines reads a saved management-interface answer (captured from a real
 // OpenVPN 2.6.14 server and client pair on this project's VM) without its END.
-func lines(t *testing.T, name string) []string {
+func lines(t testing.TB, name string) []string {
 	t.Helper()
 	data, err := os.ReadFile("testdata/openvpn/" + name)
 	if err != nil {
@@ -196,15 +201,65 @@ func sameJSON(a, b any) bool {
 	return string(x) == string(y)
 }
 
-// FuzzOpenVPNAnswers feeds arbitrary management-interface answers to the
-// parsers: they may refuse, never panic.
+// FuzzOpenVPNAnswers feeds arbitrary answers to the management-interface
+// reader through a connection, as OpenVPN speaks: it may refuse them, never
+// panic, and everything it reports (the tunnel, why it refused) is text.
 func FuzzOpenVPNAnswers(f *testing.F) {
-	f.Add("1795301664,CONNECTED,SUCCESS,198.18.3.2,198.18.2.1,1194,,\nSUCCESS: nclients=0,bytesin=1,bytesout=2\nHEADER\tCLIENT_LIST\tCommon Name\nCLIENT_LIST\tc")
-	f.Fuzz(func(t *testing.T, s string) {
-		ls := strings.Split(s, "\n")
+	answer := func(name string) string { return strings.Join(lines(f, name), "\n") }
+	f.Add("SUCCESS: password is correct", answer("server-state.txt"), answer("server-load-stats.txt"), answer("server-status3.txt"))
+	f.Add("SUCCESS:", answer("client-state.txt"), answer("server-load-stats.txt"), answer("client-status3.txt"))
+	f.Add("SUCCESS:", "1795301664,RECONNECTING,\xff,198.18.3.2,198.18.\xfe.1,1194,,", "SUCCESS: bytesin=1,bytesout=\xc0",
+		"HEADER\tCLIENT_LIST\tCommon Name\tReal Address\nCLIENT_LIST\tcl\xffent\\1\t198.18.2.2:\xfe")
+	f.Add("ERROR: bad password \xff", "", "", "")
+	f.Fuzz(func(t *testing.T, login, state, stats, status string) {
+		client, server := socketPair(t)
+		defer client.Close()
+		client.SetDeadline(time.Now().Add(5 * time.Second))
+		go serveManagement(server, login, map[string]string{"state all": state + "\nEND\n", "load-stats": stats + "\n",
+			"status 3": status + "\nEND\n"})
 		var tun Tunnel
-		_, _ = parseState(ls, &tun)
-		_, _, _ = parseLoadStats(ls[0])
-		_, _, _ = parseStatus3(ls)
+		_, err := (&mgmt{conn: client, r: bufio.NewReader(client)}).query("pw", &tun)
+		if bad := fixture.InvalidText(tun); bad != "" || (err != nil && !utf8.ValidString(err.Error())) {
+			t.Fatalf("not text: %s %q", bad, err)
+		}
 	})
+}
+
+// serveManagement plays a management interface that asks for a password,
+// answers it with login and its banner, then each command with its answer,
+// until the connection closes.
+func serveManagement(c net.Conn, login string, answers map[string]string) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	fmt.Fprint(c, passwordPrompt)
+	if _, err := r.ReadString('\n'); err != nil {
+		return
+	}
+	fmt.Fprint(c, login+"\r\n>INFO:OpenVPN Management Interface Version 5 -- type 'help' for more info\r\n")
+	for {
+		cmd, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		fmt.Fprint(c, answers[strings.TrimSpace(cmd)])
+	}
+}
+
+// socketPair returns the two ends of a connected unix socket: unlike
+// net.Pipe's they buffer, as the management interface's socket does.
+func socketPair(t testing.TB) (net.Conn, net.Conn) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "management")
+		conns[i], err = net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return conns[0], conns[1]
 }

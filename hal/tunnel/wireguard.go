@@ -11,6 +11,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // WireGuardPeer is one peer of a WireGuard interface.
@@ -67,7 +69,8 @@ func (w WireGuard) read(a ager) ([]Tunnel, error) {
 	for _, name := range names {
 		d, err := c.Device(name)
 		if err != nil {
-			out = append(out, Tunnel{Name: name, Type: "wireguard", Verdict: Down, Reason: "read device: " + err.Error()})
+			out = append(out, Tunnel{Name: text.EscapeString(name), Type: "wireguard", Verdict: Down,
+				Reason: text.EscapeString("read device: " + err.Error())})
 			continue
 		}
 		out = append(out, w.tunnel(d, a))
@@ -104,7 +107,7 @@ func (w WireGuard) deviceNames() ([]string, error) {
 }
 
 func (w WireGuard) tunnel(d *wgtypes.Device, a ager) Tunnel {
-	t := Tunnel{Name: d.Name, Type: "wireguard", ListenPort: d.ListenPort, PublicKey: d.PublicKey.String(), Verdict: Up}
+	t := Tunnel{Name: text.EscapeString(d.Name), Type: "wireguard", ListenPort: d.ListenPort, PublicKey: d.PublicKey.String(), Verdict: Up}
 	if len(d.Peers) == 0 {
 		t.Verdict, t.Reason = Down, "no peers configured"
 	}
