@@ -8,6 +8,7 @@ import (
 	"github.com/seed69aca190/edgeagent/hal/disk"
 	"github.com/seed69aca190/edgeagent/hal/nic"
 	"github.com/seed69aca190/edgeagent/hal/tunnel"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // Options says where and what to read for an inventory.
@@ -36,7 +37,7 @@ func Read(ctx context.Context, opts Options) Inventory {
 	inv := Inventory{Time: time.Now(), Disks: []disk.Disk{}, NICs: []nic.Link{}, Tunnels: []tunnel.Tunnel{}}
 	fail := func(what string, err error) {
 		if err != nil {
-			inv.Errors = append(inv.Errors, fmt.Sprintf("%s: %v", what, err))
+			inv.Errors = append(inv.Errors, text.EscapeString(fmt.Sprintf("%s: %v", what, err))) // errors name paths
 		}
 	}
 

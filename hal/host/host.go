@@ -24,6 +24,7 @@ import (
 	"github.com/shirou/gopsutil/v4/sensors"
 
 	"github.com/seed69aca190/edgeagent/hal/internal/kfile"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // CPUTimes are the seconds a CPU spent in each state since boot.
@@ -58,7 +59,7 @@ type Memory struct {
 
 // Temperature is one hwmon (or thermal zone) sensor.
 type Temperature struct {
-	Sensor   string  // chip and input, such as coretemp_core_0
+	Sensor   string  // chip and input, such as coretemp_core_0; escaped (a driver names its chip)
 	Celsius  float64 //
 	High     float64 // 0 when the chip does not say
 	Critical float64 // 0 when the chip does not say
@@ -98,7 +99,7 @@ func (r Reader) Read(ctx context.Context) (Sample, error) {
 	} else {
 		total := CPUTimes{CPU: "total"}
 		for _, t := range times {
-			c := CPUTimes{CPU: t.CPU, User: t.User, Nice: t.Nice, System: t.System, Idle: t.Idle,
+			c := CPUTimes{CPU: text.EscapeString(t.CPU), User: t.User, Nice: t.Nice, System: t.System, Idle: t.Idle,
 				IOWait: t.Iowait, IRQ: t.Irq, SoftIRQ: t.Softirq, Steal: t.Steal}
 			s.CPUs = append(s.CPUs, c)
 			total.User += c.User
@@ -139,7 +140,8 @@ func (r Reader) Read(ctx context.Context) (Sample, error) {
 		errs = append(errs, fmt.Errorf("temperatures: %w", err))
 	}
 	for _, t := range temps {
-		s.Temperatures = append(s.Temperatures, Temperature{Sensor: t.SensorKey, Celsius: t.Temperature, High: t.High, Critical: t.Critical})
+		s.Temperatures = append(s.Temperatures, Temperature{Sensor: text.EscapeString(t.SensorKey), Celsius: t.Temperature,
+			High: t.High, Critical: t.Critical})
 	}
 	return s, errors.Join(errs...)
 }
@@ -161,5 +163,6 @@ func (r Reader) uptime() (float64, error) {
 // BootID returns the kernel's random id of this boot, which tells a reboot
 // from an agent restart.
 func (r Reader) BootID() (string, error) {
-	return kfile.String(filepath.Join(r.procfs, "sys/kernel/random/boot_id"))
+	id, err := kfile.String(filepath.Join(r.procfs, "sys/kernel/random/boot_id"))
+	return text.EscapeString(id), err
 }

@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -49,6 +50,41 @@ func TestTemperaturesFromHwmon(t *testing.T) {
 	for i := range want {
 		if s.Temperatures[i] != want[i] {
 			t.Errorf("temperature %d = %+v, want %+v", i, s.Temperatures[i], want[i])
+		}
+	}
+}
+
+// TestSensorNamesAreText names the fixture's chip and its inputs, and the
+// boot, in random bytes: what Read and BootID return is text.
+func TestSensorNamesAreText(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("testdata", "hwmon.txtar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(3, 14))
+	for range 50 {
+		sys, proc := t.TempDir(), t.TempDir()
+		if err := fixture.Extract(sys, data); err != nil {
+			t.Fatal(err)
+		}
+		chip := filepath.Join(sys, "devices/platform/coretemp.0/hwmon/hwmon0")
+		for path, junk := range map[string]string{
+			filepath.Join(chip, "name"): fixture.Junk(r, 1+r.IntN(10), "\n"), filepath.Join(chip, "temp1_label"): fixture.Junk(r, r.IntN(10), ""),
+			filepath.Join(proc, "sys/kernel/random/boot_id"): fixture.Junk(r, 36, ""),
+		} {
+			os.MkdirAll(filepath.Dir(path), 0o755)
+			if err := os.WriteFile(path, []byte(junk+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		host := New(sys, proc)
+		s, _ := host.Read(context.Background())
+		id, err := host.BootID()
+		if len(s.Temperatures) != 2 || err != nil {
+			t.Fatalf("temperatures %+v, boot id %v", s.Temperatures, err)
+		}
+		if bad := fixture.InvalidText(s) + fixture.InvalidText(id); bad != "" {
+			t.Fatalf("not text: %s", bad)
 		}
 	}
 }

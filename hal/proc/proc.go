@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/seed69aca190/edgeagent/hal/internal/kfile"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // userHZ is the kernel's USER_HZ, the unit of /proc/<pid>/stat times: 100 on
@@ -32,7 +33,7 @@ var ErrNotFound = errors.New("no such process")
 // Process is one process as /proc/<pid>/stat describes it.
 type Process struct {
 	PID   int
-	Name  string // comm, at most 15 bytes
+	Name  string // comm, at most 15 bytes, escaped (internal/text): a process names itself
 	State byte   // R, S, D, Z, T, …
 	PPID  int
 	// Age is how long the process has been running when it was read:
@@ -94,7 +95,7 @@ func parseStat(data []byte) (Process, error) {
 	if err != nil {
 		return p, fmt.Errorf("pid %q", data[:open])
 	}
-	p.PID, p.Name = pid, string(data[open+1:end])
+	p.PID, p.Name = pid, text.Escape(data[open+1:end])
 	// Fields from 3 (state) on; index i here is field i+3 of proc(5).
 	f := strings.Fields(string(data[end+1:]))
 	if len(f) < 22 {

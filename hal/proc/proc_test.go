@@ -10,9 +10,11 @@ import (
 	"strconv"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
 	"github.com/seed69aca190/edgeagent/internal/testenv"
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 func TestParseStat(t *testing.T) {
@@ -96,12 +98,17 @@ func TestAgeOnFixture(t *testing.T) {
 // service starts a real long-running process under a unique name longer
 // than comm's 15 bytes, and returns it.
 func service(t *testing.T) (*exec.Cmd, string) {
+	name := fmt.Sprintf("edgetest-service-%06d", rand.IntN(1e6))
+	return named(t, name), name
+}
+
+// named starts a real long-running process whose executable is called name.
+func named(t *testing.T, name string) *exec.Cmd {
 	t.Helper()
 	sleep, err := exec.LookPath("sleep")
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := fmt.Sprintf("edgetest-service-%06d", rand.IntN(1e6))
 	bin := filepath.Join(t.TempDir(), name)
 	data, err := os.ReadFile(sleep)
 	if err != nil {
@@ -115,7 +122,38 @@ func service(t *testing.T) (*exec.Cmd, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return cmd, name
+	return cmd
+}
+
+// TestProcessNameIsText runs processes whose names are random bytes: each is
+// found by its exact name, and reported with the name escaped.
+func TestProcessNameIsText(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 2))
+	fs := New("/sys", "/proc")
+	for i := range 10 {
+		name := fmt.Sprintf("e%d", i) + fixture.Junk(r, 1+r.IntN(10), "/\x00 \t\n\v\f\r") // comm is read trimmed
+		cmd := named(t, name)
+		var p Process
+		var err error
+		testenv.WaitFor(t, 5*time.Second, func() bool { // until it has exec'd
+			p, err = fs.Named(name)
+			return err == nil
+		}, func() string { return fmt.Sprintf("%q: %v", name, err) })
+		if p.PID != cmd.Process.Pid || p.Name != text.EscapeString(name) {
+			t.Errorf("%q: %+v", name, p)
+		}
+	}
+}
+
+// FuzzParseStat: whatever a process calls itself, its stat parses to text.
+func FuzzParseStat(f *testing.F) {
+	f.Add([]byte("4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 2000 0 0 0 150 50 0 0 20 0 3 0 123456 100000000 2560 1 1\n"))
+	f.Add([]byte("7 (\xff\\x\xfe) R 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 1 1 1 1\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if p, err := parseStat(data); err == nil && !utf8.ValidString(p.Name) {
+			t.Fatalf("name %q is not text", p.Name)
+		}
+	})
 }
 
 func TestFindRealProcess(t *testing.T) {
