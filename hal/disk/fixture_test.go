@@ -11,6 +11,7 @@ import (
 
 	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
 	"github.com/seed69aca190/edgeagent/internal/text"
+	"github.com/seed69aca190/edgeagent/internal/wiretest"
 )
 
 // vmTree extracts testdata/vm.txtar (a copy of this project's CI machine, a
@@ -182,8 +183,8 @@ func TestDiskTextOnFixture(t *testing.T) {
 		}
 	}
 	for range 200 {
-		name := "md" + fixture.Junk(r, 1+r.IntN(8), "/\x00 \t\n\v\f\r")
-		dmName, serial, model := fixture.Junk(r, r.IntN(12), ""), fixture.Junk(r, r.IntN(12), ""), fixture.Junk(r, r.IntN(12), "")
+		name := "md" + wiretest.Junk(r, 1+r.IntN(8), "/\x00 \t\n\v\f\r")
+		dmName, serial, model := wiretest.Junk(r, r.IntN(12), ""), wiretest.Junk(r, r.IntN(12), ""), wiretest.Junk(r, r.IntN(12), "")
 		dir := filepath.Join(sys, "devices/virtual/block", name)
 		write(filepath.Join(dir, "dev"), "9:127\n")
 		write(filepath.Join(dir, "size"), "2048\n")
@@ -203,7 +204,7 @@ func TestDiskTextOnFixture(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if bad := fixture.InvalidText(disks) + fixture.InvalidText(io); bad != "" {
+		if bad := wiretest.InvalidText(disks) + wiretest.InvalidText(io); bad != "" {
 			t.Fatalf("not text: %s", bad)
 		}
 		md := findDisk(disks, text.EscapeString(name))

@@ -10,7 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
+	"github.com/seed69aca190/edgeagent/internal/wiretest"
 )
 
 func equalJSON(t *testing.T, got, want any) bool {
@@ -219,7 +219,7 @@ func FuzzParseDiskstats(f *testing.F) {
 		if err == nil && len(stats) > strings.Count(string(data), "\n")+1 {
 			t.Fatalf("more devices than lines")
 		}
-		if bad := fixture.InvalidText(stats); bad != "" {
+		if bad := wiretest.InvalidText(stats); bad != "" {
 			t.Fatalf("not text: %s", bad)
 		}
 	})
@@ -236,7 +236,7 @@ func FuzzParseMountinfo(f *testing.F) {
 		for _, m := range mounts {
 			d := Disk{Name: "vda", Dev: m.Dev}
 			d.attachFilesystems(mounts)
-			if bad := fixture.InvalidText(d.Filesystems); bad != "" {
+			if bad := wiretest.InvalidText(d.Filesystems); bad != "" {
 				t.Fatalf("not text: %s", bad)
 			}
 		}
@@ -254,7 +254,7 @@ func FuzzParseSmartctl(f *testing.F) {
 		if err == nil && h.Status == "" {
 			t.Fatal("a parsed output without a verdict")
 		}
-		if bad := fixture.InvalidText(h); bad != "" || (err != nil && !utf8.ValidString(err.Error())) {
+		if bad := wiretest.InvalidText(h); bad != "" || (err != nil && !utf8.ValidString(err.Error())) {
 			t.Fatalf("not text: %s %q", bad, err)
 		}
 	})

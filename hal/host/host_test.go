@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
+	"github.com/seed69aca190/edgeagent/internal/wiretest"
 )
 
 func TestReadLive(t *testing.T) {
@@ -69,8 +70,8 @@ func TestSensorNamesAreText(t *testing.T) {
 		}
 		chip := filepath.Join(sys, "devices/platform/coretemp.0/hwmon/hwmon0")
 		for path, junk := range map[string]string{
-			filepath.Join(chip, "name"): fixture.Junk(r, 1+r.IntN(10), "\n"), filepath.Join(chip, "temp1_label"): fixture.Junk(r, r.IntN(10), ""),
-			filepath.Join(proc, "sys/kernel/random/boot_id"): fixture.Junk(r, 36, ""),
+			filepath.Join(chip, "name"): wiretest.Junk(r, 1+r.IntN(10), "\n"), filepath.Join(chip, "temp1_label"): wiretest.Junk(r, r.IntN(10), ""),
+			filepath.Join(proc, "sys/kernel/random/boot_id"): wiretest.Junk(r, 36, ""),
 		} {
 			os.MkdirAll(filepath.Dir(path), 0o755)
 			if err := os.WriteFile(path, []byte(junk+"\n"), 0o644); err != nil {
@@ -83,7 +84,7 @@ func TestSensorNamesAreText(t *testing.T) {
 		if len(s.Temperatures) != 2 || err != nil {
 			t.Fatalf("temperatures %+v, boot id %v", s.Temperatures, err)
 		}
-		if bad := fixture.InvalidText(s) + fixture.InvalidText(id); bad != "" {
+		if bad := wiretest.InvalidText(s) + wiretest.InvalidText(id); bad != "" {
 			t.Fatalf("not text: %s", bad)
 		}
 	}

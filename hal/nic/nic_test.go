@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
 	"github.com/seed69aca190/edgeagent/internal/testenv"
 	"github.com/seed69aca190/edgeagent/internal/text"
+	"github.com/seed69aca190/edgeagent/internal/wiretest"
 )
 
 // watcher runs Watch in the background and collects its events.
@@ -202,7 +202,7 @@ func TestWatchSurvivesOverrun(t *testing.T) {
 }
 
 // TestLinkNamesAreText names real links with random bytes (any but what the
-// kernel refuses in a name: '/', ':', white space, NUL): Links and Watch
+// kernel refuses in a name): Links and Watch
 // report them escaped, everything else about them read as for any link.
 func TestLinkNamesAreText(t *testing.T) {
 	ns, peer := testenv.Netns(t), testenv.Netns(t)
@@ -211,7 +211,7 @@ func TestLinkNamesAreText(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(10, 28))
 	var names []string
 	for i := range 10 {
-		name := fmt.Sprintf("%d", i) + fixture.Junk(rnd, 1+rnd.IntN(12), "/: \t\n\v\f\r\x00")
+		name := fmt.Sprintf("%d", i) + wiretest.Junk(rnd, 1+rnd.IntN(12), wiretest.NotInLinkName)
 		testenv.Run(t, "ip", "-n", ns, "link", "add", "name", name, "type", "veth", "peer", "name", fmt.Sprintf("p%d", i), "netns", peer)
 		testenv.Run(t, "ip", "-n", ns, "link", "set", name, "up")
 		w.expect(text.EscapeString(name), LinkAdded, 2*time.Second)
@@ -221,7 +221,7 @@ func TestLinkNamesAreText(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bad := fixture.InvalidText(links); bad != "" {
+	if bad := wiretest.InvalidText(links); bad != "" {
 		t.Fatalf("not text: %s", bad)
 	}
 	for _, name := range names {

@@ -15,6 +15,7 @@ import (
 	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
 	"github.com/seed69aca190/edgeagent/internal/testenv"
 	"github.com/seed69aca190/edgeagent/internal/text"
+	"github.com/seed69aca190/edgeagent/internal/wiretest"
 )
 
 func TestParseStat(t *testing.T) {
@@ -131,7 +132,7 @@ func TestProcessNameIsText(t *testing.T) {
 	r := rand.New(rand.NewPCG(4, 2))
 	fs := New("/sys", "/proc")
 	for i := range 10 {
-		name := fmt.Sprintf("e%d", i) + fixture.Junk(r, 1+r.IntN(10), "/\x00 \t\n\v\f\r") // comm is read trimmed
+		name := fmt.Sprintf("e%d", i) + wiretest.Junk(r, 1+r.IntN(10), "/\x00 \t\n\v\f\r") // comm is read trimmed
 		cmd := named(t, name)
 		var p Process
 		var err error

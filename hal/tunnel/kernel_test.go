@@ -14,9 +14,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
 	"github.com/seed69aca190/edgeagent/internal/testenv"
 	"github.com/seed69aca190/edgeagent/internal/text"
+	"github.com/seed69aca190/edgeagent/internal/wiretest"
 )
 
 // pair makes two namespaces joined by a veth pair: a gets addrA, b gets addrB
@@ -224,7 +224,7 @@ func TestWireGuardPair(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if bad := fixture.InvalidText(tunnels); bad != "" {
+		if bad := wiretest.InvalidText(tunnels); bad != "" {
 			t.Fatalf("not text: %s", bad)
 		}
 		for _, tun := range tunnels {

@@ -14,8 +14,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/seed69aca190/edgeagent/hal/internal/fixture"
 	"github.com/seed69aca190/edgeagent/hal/nic"
+	"github.com/seed69aca190/edgeagent/internal/wiretest"
 )
 
 // lines reads a saved management-interface answer (captured from a real
@@ -219,7 +219,7 @@ func FuzzOpenVPNAnswers(f *testing.F) {
 			"status 3": status + "\nEND\n"})
 		var tun Tunnel
 		_, err := (&mgmt{conn: client, r: bufio.NewReader(client)}).query("pw", &tun)
-		if bad := fixture.InvalidText(tun); bad != "" || (err != nil && !utf8.ValidString(err.Error())) {
+		if bad := wiretest.InvalidText(tun); bad != "" || (err != nil && !utf8.ValidString(err.Error())) {
 			t.Fatalf("not text: %s %q", bad, err)
 		}
 	})
