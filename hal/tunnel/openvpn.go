@@ -50,7 +50,7 @@ func (o OpenVPN) read(ctx context.Context, a ager) (Tunnel, error) {
 	t := Tunnel{Name: o.Name, Type: "openvpn"}
 	floating, err := o.ask(ctx, &t)
 	if err != nil {
-		t.Verdict, t.Reason = Down, err.Error()
+		t.Verdict, t.Reason = Down, text.EscapeString(err.Error()) // it may name a path
 		return t, err
 	}
 	var since time.Time // zero while connected
