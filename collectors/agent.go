@@ -18,10 +18,15 @@ type AgentOptions struct {
 	// Spool reports the store-and-forward queue's depth and the records it
 	// ever dropped; nil reports nothing.
 	Spool func() (depth, dropped uint64)
+	// Escaped reports how many strings the uplink's encoder had to escape
+	// (telemetry.Encoder.Escaped: a name that missed its boundary); nil
+	// reports nothing.
+	Escaped func() uint64
 }
 
 // Agent reports the agent itself: memory, goroutines, GC, each collector's
-// timing and errors, the StatsD server's counters, and the spool.
+// timing and errors, the StatsD server's counters, the spool, and the
+// strings the uplink had to escape.
 type Agent struct {
 	opts    AgentOptions
 	fs      proc.FS
@@ -90,6 +95,9 @@ func (a *Agent) Collect(ctx context.Context, r *Report) error {
 		depth, dropped := a.opts.Spool()
 		r.Add("agent.spool.depth", float64(depth))
 		r.Add("agent.spool.dropped", float64(dropped))
+	}
+	if a.opts.Escaped != nil {
+		r.Add("agent.uplink.escaped", float64(a.opts.Escaped()))
 	}
 	return err
 }

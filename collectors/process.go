@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/seed69aca190/edgeagent/hal/proc"
+	"github.com/seed69aca190/edgeagent/internal/text"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
@@ -121,7 +122,7 @@ func (c *Processes) stopped(st *serviceState, now time.Time, err error) {
 		st.status.Since = now
 	}
 	st.status.State, st.status.PID, st.status.RSSBytes, st.status.CPUPercent = Stopped, 0, 0, 0
-	st.status.Reason = err.Error()
+	st.status.Reason = text.EscapeString(err.Error())
 }
 
 func (c *Processes) running(st *serviceState, p proc.Process, now time.Time) {

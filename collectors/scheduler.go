@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/seed69aca190/edgeagent/internal/text"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
@@ -36,8 +37,8 @@ type Status struct {
 	LastStart    time.Time     `json:"last_start,omitzero"`
 	LastDuration time.Duration `json:"last_duration"`
 	LastSuccess  time.Time     `json:"last_success,omitzero"`
-	LastError    string        `json:"last_error,omitempty"`
-	Stuck        bool          `json:"stuck"` // running past its timeout
+	LastError    string        `json:"last_error,omitempty"` // text, escaped (internal/text) where it names OS bytes
+	Stuck        bool          `json:"stuck"`                // running past its timeout
 	// WatchError says why the collector's watch (its events between runs)
 	// is down and being restarted; empty while it watches.
 	WatchError string `json:"watch_error,omitempty"`
@@ -142,7 +143,7 @@ func (s *Scheduler) watch(ctx context.Context, e *entry, w Watcher) {
 			err = errors.New("stopped")
 		}
 		e.mu.Lock()
-		e.status.WatchError = err.Error()
+		e.status.WatchError = text.EscapeString(err.Error())
 		e.mu.Unlock()
 		e.log.Warn("watch failed; changes show at the next collection until it works", "err", err, "retry_in", wait)
 		select {
@@ -330,7 +331,7 @@ func (s *Scheduler) finish(e *entry, r result, stuck bool) {
 	e.status.Stuck = stuck
 	if r.err != nil {
 		e.status.Failures++
-		e.status.LastError = r.err.Error()
+		e.status.LastError = text.EscapeString(r.err.Error()) // it names paths, links, devices
 	} else {
 		e.status.LastError = ""
 		e.status.LastSuccess = time.Now()

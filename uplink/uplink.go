@@ -18,6 +18,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/seed69aca190/edgeagent/internal/seqfile"
+	"github.com/seed69aca190/edgeagent/internal/text"
 	"github.com/seed69aca190/edgeagent/telemetry"
 	"github.com/seed69aca190/edgeagent/uplink/spool"
 )
@@ -61,6 +62,10 @@ type Status struct {
 	Published      uint64    `json:"published"` // records acknowledged by the broker
 	Malformed      uint64    `json:"malformed"` // messages received that did not decode
 	EncodeErrors   uint64    `json:"encode_errors"`
+	// Escaped counts the strings that were not valid UTF-8 when they reached
+	// the encoder, which escaped them (telemetry.Encoder.Escaped): each is a
+	// name some reader let through unescaped, a bug; the message still went.
+	Escaped uint64 `json:"escaped"`
 	// TLSError says why the TLS files could not be reloaded for the last
 	// connection attempt (the previous ones were used).
 	TLSError string      `json:"tls_error,omitempty"`
@@ -531,7 +536,7 @@ func (u *Uplink) command(payload []byte) {
 		u.malformed.Add(1)
 		u.log.Warn("malformed message on the command topic", "err", err, "bytes", len(payload))
 		u.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Warning, Kind: "uplink", Subject: u.topic("cmd"),
-			New: "malformed", Message: "refused a malformed command: " + err.Error()})
+			New: "malformed", Message: "refused a malformed command: " + text.EscapeString(err.Error())})
 		return
 	}
 	if u.opts.OnCommand != nil {
@@ -542,7 +547,8 @@ func (u *Uplink) command(payload []byte) {
 // Status returns the session's figures.
 func (u *Uplink) Status() Status {
 	u.mu.Lock()
-	st := Status{State: u.state, Since: u.stateSince, Broker: u.broker, ConnectedSince: u.connectedSince, LastAck: u.lastAck}
+	st := Status{State: u.state, Since: u.stateSince, Broker: u.broker, ConnectedSince: u.connectedSince, LastAck: u.lastAck,
+		Escaped: u.enc.Escaped()}
 	if u.tlsErr != nil {
 		st.TLSError = u.tlsErr.Error()
 	}

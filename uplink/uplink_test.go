@@ -11,6 +11,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/seed69aca190/edgeagent/controller"
 	"github.com/seed69aca190/edgeagent/internal/seqfile"
 	"github.com/seed69aca190/edgeagent/internal/testenv"
 	"github.com/seed69aca190/edgeagent/telemetry"
@@ -247,4 +248,37 @@ func TestFlushSplitsAtMaxMessage(t *testing.T) {
 		t.Errorf("%d points in %d messages, want %d points split over several", got, messages, want)
 	}
 	t.Logf("%d points in %d messages of at most 4 KiB", got, messages)
+}
+
+// TestTextThatIsNotIsEscapedAndCounted queues, through the uplink's sink
+// methods, a batch, an event, a heartbeat and a command result holding bytes
+// that are not UTF-8 (no reader escaped them): the spool holds messages the
+// controller takes, and Status counts what the encoder escaped.
+func TestTextThatIsNotIsEscapedAndCounted(t *testing.T) {
+	u, sp := newUplink(t, "tcp://127.0.0.1:1", t.TempDir())
+	now := time.Now()
+	u.Batch(telemetry.Batch{Source: "statsd", Time: now, Points: []telemetry.Point{
+		{Name: "app.\xff", Value: 1, Tags: map[string]string{"k\xfe": "v\xfd"}}}})
+	u.flush()
+	u.Event(telemetry.Event{Time: now, Severity: telemetry.Warning, Kind: "link", Subject: "eth\xff", New: "down", Message: "eth\xff down"})
+	u.Heartbeat(telemetry.Heartbeat{Node: "node-a", Seq: 1000, Time: now, Health: telemetry.Degraded, Why: "disk sd\xff failing"})
+	u.Result(telemetry.CommandResult{ID: "r1", Status: telemetry.StatusFailed, Reason: "open /data/\xff: no such file"})
+	f := controller.NewFleet(controller.Options{})
+	messages := 0
+	for {
+		_, rec, ok, err := sp.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		messages++
+		if err := f.Handle("edge/node-a/"+rec.Topic, rec.Payload, now); err != nil {
+			t.Errorf("%s refused: %v", rec.Topic, err)
+		}
+	}
+	if st := u.Status(); messages != 4 || st.Escaped != 7 {
+		t.Errorf("%d messages, %d strings escaped; want 4 and 7", messages, st.Escaped)
+	}
 }
