@@ -195,7 +195,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	sockets.Close() // inherited sockets the configuration no longer has
 	if iv := a.cfg.Collect.Agent; iv > 0 {
 		sched.Add(collectors.NewAgent(collectors.AgentOptions{Sysfs: a.cfg.Paths.Sysfs, Procfs: a.cfg.Paths.Procfs,
-			Scheduler: sched, StatsD: a.statsd.Load, Spool: spoolCounts(sp)}), iv, 0)
+			Scheduler: sched, StatsD: a.statsd.Load, Spool: spoolCounts(sp),
+			Escaped: func() uint64 { return up.Status().Escaped }}), iv, 0)
 	}
 	bootID, err := host.New(a.cfg.Paths.Sysfs, a.cfg.Paths.Procfs).BootID()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/seed69aca190/edgeagent/collectors"
+	"github.com/seed69aca190/edgeagent/internal/text"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
@@ -22,9 +23,13 @@ type problem struct {
 	unhealthy bool
 }
 
-// String is the problem on one line: errors.Join puts a newline between
-// the errors of one collector run.
-func (p problem) String() string { return p.part + ": " + strings.ReplaceAll(p.reason, "\n", "; ") }
+// String is the problem on one line, as text: errors.Join puts a newline
+// between the errors of one collector run, and an error may name a path in
+// bytes that are not UTF-8 (a flag's state directory, a plugin directory).
+func (p problem) String() string { return p.part + ": " + p.why() }
+
+// why is the reason on one line, as text.
+func (p problem) why() string { return text.EscapeString(strings.ReplaceAll(p.reason, "\n", "; ")) }
 
 // health is the agent's verdict on itself, part by part. An optional part
 // that is missing or failing makes the agent degraded with its reason; only
@@ -185,7 +190,7 @@ func (h *health) check(event func(telemetry.Event)) {
 		}
 		h.log.Warn("agent "+string(word), "part", part, "reason", p.reason)
 		event(telemetry.Event{Time: time.Now(), Severity: sev, Kind: "agent", Subject: part, Old: string(old), New: string(word),
-			Message: fmt.Sprintf("%s %s: %s", part, word, p.reason)})
+			Message: fmt.Sprintf("%s %s: %s", part, word, p.why())})
 	}
 	for part, old := range h.last {
 		if _, still := now[part]; still {

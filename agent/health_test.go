@@ -3,11 +3,13 @@ package agent
 import (
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/seed69aca190/edgeagent/collectors"
+	"github.com/seed69aca190/edgeagent/internal/wiretest"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
@@ -78,5 +80,33 @@ func TestHealthzAnswersFromTheLatestCheck(t *testing.T) {
 	got := h.latest(15 * time.Second)
 	if len(got) != 2 || got[1].part != "health" || !strings.Contains(got[1].reason, "does not answer") {
 		t.Fatalf("latest of an old check = %v, want the stuck check reported", got)
+	}
+}
+
+// TestHealthWhyIsText gives the agent's parts reasons in random bytes (an
+// error naming a path as a flag gave it): the heartbeat's why and the
+// events about the parts are text when they reach the uplink, and the
+// controller takes them.
+func TestHealthWhyIsText(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	r := rand.New(rand.NewPCG(5, 9))
+	for round := range 100 {
+		h := newHealth(collectors.New(collectors.Options{Log: quiet}), quiet)
+		path := wiretest.Junk(r, r.IntN(20), "")
+		h.degrade("state", "open "+path+": no such file or directory")
+		h.probe(func() []problem {
+			return []problem{{part: "uplink", reason: path + "\n" + path, unhealthy: round%2 == 0}}
+		})
+		var events []telemetry.Event
+		h.check(func(e telemetry.Event) { events = append(events, e) })
+		health, why := h.summary()
+		escaped := wiretest.Send(t, telemetry.KindHeartbeat, telemetry.Heartbeat{Node: "n", Health: health, Why: why})
+		for _, e := range events {
+			escaped += wiretest.Send(t, telemetry.KindEvent, e)
+		}
+		if escaped > 0 || len(events) != 2 {
+			t.Fatalf("%d events, %d strings escaped by the encoder: %s%s", len(events), escaped,
+				wiretest.InvalidText(why), wiretest.InvalidText(events))
+		}
 	}
 }
