@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/seed69aca190/edgeagent/internal/atomicfile"
+	"github.com/seed69aca190/edgeagent/internal/text"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
@@ -132,7 +133,7 @@ func (d *Dispatcher) Handle(env telemetry.Envelope) {
 	if res, ok := d.cache.get(c.ID); ok {
 		res.Cached = true
 		d.opts.Log.Info("repeated command answered from the cache", "id", c.ID, "name", c.Name)
-		d.opts.Result(res)
+		d.result(res)
 		return
 	}
 	switch {
@@ -169,11 +170,20 @@ func (d *Dispatcher) Handle(env telemetry.Envelope) {
 func (d *Dispatcher) refuse(c telemetry.Command, why string) {
 	d.refused.Add(1)
 	d.opts.Log.Warn("command refused", "id", c.ID, "name", c.Name, "reason", why)
-	d.opts.Result(telemetry.CommandResult{ID: c.ID, Status: telemetry.StatusRefused, Reason: why, ExitCode: -1})
+	d.result(telemetry.CommandResult{ID: c.ID, Status: telemetry.StatusRefused, Reason: why, ExitCode: -1})
 }
 
 // stopping is why a request is refused once the agent stops.
 const stopping = "the agent is stopping; not run"
+
+// result hands res on to the uplink with its id and reason as text: a
+// reason quotes errors that name paths (the plugin or state directory, as a
+// flag gave them) and a local service's own words, and an id read back from
+// a marker file is whatever the flash holds.
+func (d *Dispatcher) result(res telemetry.CommandResult) {
+	res.ID, res.Reason = text.EscapeString(res.ID), text.EscapeString(res.Reason)
+	d.opts.Result(res)
+}
 
 // Run carries out queued requests, Concurrency at a time, until ctx is
 // cancelled. Requests still running then are stopped: a plugin's process
@@ -250,7 +260,7 @@ func (d *Dispatcher) execute(ctx context.Context, c telemetry.Command) {
 		"ms", res.DurationMs, "reason", res.Reason)
 	d.cache.put(d.opts.Node, res, c.ExpiresAt)
 	os.Remove(marker)
-	d.opts.Result(res)
+	d.result(res)
 }
 
 func (d *Dispatcher) builtin(ctx context.Context, b Builtin, args []string) telemetry.CommandResult {
@@ -295,6 +305,6 @@ func (d *Dispatcher) interrupted() {
 			Reason: "the agent stopped while this request ran; it is not run again"}
 		d.cache.put(d.opts.Node, res, expires)
 		os.Remove(m)
-		d.opts.Result(res)
+		d.result(res)
 	}
 }

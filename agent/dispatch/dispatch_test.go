@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/seed69aca190/edgeagent/internal/testenv"
+	"github.com/seed69aca190/edgeagent/internal/wiretest"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
@@ -376,5 +378,56 @@ func TestStopAnswersEveryRequest(t *testing.T) {
 	}
 	if killed != 4 || refused != 2 {
 		t.Errorf("%d killed and %d refused, want 4 and 2", killed, refused)
+	}
+}
+
+// TestResultsAreText makes every kind of result say something in random
+// bytes: a built-in's error (a local service's words), a plugin directory
+// whose path is not UTF-8, a plugin that is not executable there, a plugin
+// that fails to start, and a marker file left with a damaged id. Each result
+// is taken by the controller without the encoder's help.
+func TestResultsAreText(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 1))
+	for range 20 {
+		junk := wiretest.Junk(r, 1+r.IntN(12), wiretest.NotInFileName)
+		plugins := filepath.Join(t.TempDir(), junk)
+		if err := os.Mkdir(plugins, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(plugins, "notexec"), []byte("#!/bin/sh\n"), 0o644)
+		os.WriteFile(filepath.Join(plugins, "noshell"), []byte("#!/nonexistent/"+junk+"\n"), 0o755)
+		cache := t.TempDir()
+		marker := (&Dispatcher{opts: Options{CacheDir: cache}}).marker("lost")
+		os.WriteFile(marker, []byte("lost"+junk+"\n0\n"), 0o640)
+		var mu sync.Mutex
+		var results []telemetry.CommandResult
+		d := New(Options{Node: "node-a", PluginDir: plugins, CacheDir: cache,
+			Builtins: map[string]Builtin{"fail": func(context.Context, []string) ([]byte, error) {
+				return nil, fmt.Errorf("service %s: %s", "store", junk)
+			}},
+			Result: func(res telemetry.CommandResult) { mu.Lock(); results = append(results, res); mu.Unlock() },
+			Log:    slog.New(slog.NewTextHandler(io.Discard, nil))})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { d.Run(ctx); close(done) }()
+		for i, name := range []string{"fail", "notexec", "noshell"} {
+			var e telemetry.Encoder
+			data, _ := e.Encode(telemetry.Header{Node: "node-a", Seq: uint64(i + 1), Time: time.Now(), Kind: telemetry.KindCommand},
+				telemetry.Command{ID: name, Node: "node-a", Name: name, IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Minute)})
+			env, _ := telemetry.Decode(data)
+			d.Handle(env)
+		}
+		testenv.WaitFor(t, 10*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(results) == 4 },
+			func() string { return fmt.Sprintf("results %+v", results) })
+		cancel()
+		<-done
+		for _, res := range results {
+			if res.Status == telemetry.StatusOK || res.Reason == "" {
+				t.Errorf("%+v: want a failure with its reason", res)
+			}
+			if n := wiretest.Send(t, telemetry.KindCommandResult, res); n > 0 {
+				t.Fatalf("the encoder escaped %d strings: %s", n, wiretest.InvalidText(res))
+			}
+		}
 	}
 }
