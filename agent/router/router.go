@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/seed69aca190/edgeagent/internal/text"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
@@ -150,7 +151,8 @@ read:
 	r.drop(s, why)
 }
 
-// drop deregisters s and tells whoever waits on it.
+// drop deregisters s and tells whoever waits on it; why may quote what the
+// service sent, and is escaped for the event.
 func (r *Router) drop(s *service, why string) {
 	r.mu.Lock()
 	if r.services[s.info.Name] == s {
@@ -164,7 +166,7 @@ func (r *Router) drop(s *service, why string) {
 	s.conn.Close()
 	r.log.Warn("service deregistered", "service", s.info.Name, "why", why)
 	r.event(telemetry.Event{Time: time.Now(), Severity: telemetry.Warning, Kind: "service", Subject: s.info.Name,
-		Old: "registered", New: "deregistered", Message: fmt.Sprintf("service %s deregistered: %s", s.info.Name, why)})
+		Old: "registered", New: "deregistered", Message: fmt.Sprintf("service %s deregistered: %s", s.info.Name, text.EscapeString(why))})
 }
 
 func (s *service) write(f *Frame) error {
@@ -203,8 +205,8 @@ func (r *Router) Call(ctx context.Context, name string, payload []byte) ([]byte,
 	}
 	select {
 	case reply := <-ch:
-		if reply.Type == "error" {
-			return nil, fmt.Errorf("service %s: %s", name, reply.Error)
+		if reply.Type == "error" { // the service's own words: text, escaped
+			return nil, fmt.Errorf("service %s: %s", name, text.EscapeString(reply.Error))
 		}
 		return reply.Payload, nil
 	case <-ctx.Done():

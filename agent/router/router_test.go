@@ -3,8 +3,10 @@ package router
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/seed69aca190/edgeagent/internal/testenv"
+	"github.com/seed69aca190/edgeagent/internal/wiretest"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
@@ -153,4 +156,51 @@ func FuzzReadFrame(f *testing.F) {
 			t.Fatalf("round trip: %+v / %+v / %v", fr, again, err)
 		}
 	})
+}
+
+// TestServiceWordsAreText has local services speak random bytes: names to
+// register under (refused, never reported), an error in reply to a call,
+// and a malformed frame that ends the registration. The call's error and
+// every event are text: the controller takes them without the encoder's
+// help.
+func TestServiceWordsAreText(t *testing.T) {
+	r, path, ev := serve(t)
+	rnd := rand.New(rand.NewPCG(3, 3))
+	for i := range 20 {
+		junk := wiretest.Junk(rnd, 1+rnd.IntN(16), "")
+		if err := Register(context.Background(), path, junk, time.Second, nil); err == nil {
+			t.Fatalf("registered as %q", junk)
+		}
+		name := fmt.Sprint("svc", i)
+		ctx, cancel := context.WithCancel(context.Background())
+		go Register(ctx, path, name, time.Second, func(context.Context, []byte) ([]byte, error) { return nil, errors.New(junk) })
+		testenv.WaitFor(t, 5*time.Second, func() bool { return ev.has(name, "registered") }, func() string { return "not registered" })
+		_, err := r.Call(context.Background(), name, nil)
+		if err == nil {
+			t.Fatal("the failing call succeeded")
+		}
+		cancel()
+		testenv.WaitFor(t, 5*time.Second, func() bool { return ev.has(name, "deregistered") }, func() string { return "not deregistered" })
+		if n := wiretest.Send(t, telemetry.KindCommandResult, telemetry.CommandResult{ID: "c", Status: telemetry.StatusFailed,
+			Reason: err.Error()}); n > 0 {
+			t.Fatalf("the call's error is not text: %q", err)
+		}
+
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFrame(c, &Frame{Type: "register", Service: name, IntervalMs: 1000})
+		readFrame(c)
+		c.Write(append([]byte{0, 0, 0, byte(len(junk))}, junk...)) // a frame that is not MessagePack
+		testenv.WaitFor(t, 5*time.Second, func() bool { return len(r.Services()) == 0 }, func() string { return "still registered" })
+		c.Close()
+	}
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	for _, e := range ev.list {
+		if n := wiretest.Send(t, telemetry.KindEvent, e); n > 0 {
+			t.Fatalf("event not text: %s", wiretest.InvalidText(e))
+		}
+	}
 }
