@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/seed69aca190/edgeagent/internal/text"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
@@ -189,9 +190,9 @@ func Plugins(dir string) ([]Plugin, error) {
 	}
 	var out []Plugin
 	for _, e := range entries {
-		p := Plugin{Name: e.Name()}
+		p := Plugin{Name: text.EscapeString(e.Name())} // as a result would name it, never as JSON's U+FFFD
 		if _, err := checkPlugin(dir, e.Name()); err != nil {
-			p.Problem = err.Error()
+			p.Problem = text.EscapeString(err.Error())
 		}
 		out = append(out, p)
 	}

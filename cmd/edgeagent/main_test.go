@@ -233,11 +233,13 @@ func TestPluginsListsVerdicts(t *testing.T) {
 	os.WriteFile(filepath.Join(plugins, "open"), []byte("#!/bin/sh\n"), 0o755)
 	os.Chmod(filepath.Join(plugins, "open"), 0o757) // past the umask
 	os.WriteFile(filepath.Join(plugins, "notes.txt"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(plugins, "n\xffme"), []byte("#!/bin/sh\n"), 0o755) // listed escaped, as a result would say it
 	cfg := filepath.Join(dir, "c.yaml")
 	os.WriteFile(cfg, []byte("paths:\n  plugin_dir: "+plugins+"\n"), 0o644)
 	out, errOut, code := edgeagent(t, dir, "plugins", "--config", cfg)
 	want := "good                     ok\n" +
 		"notes.txt                refused: plugin notes.txt is not executable\n" +
+		`n\xffme                  refused: "n\xffme" is not a plugin name (letters, digits, '.', '_' and '-'; no path)` + "\n" +
 		"open                     refused: plugin open: is writable by group or others (mode 0757); chmod go-w\n"
 	if code != 0 || out != want {
 		t.Errorf("exit %d\n%s\nwant\n%s\nstderr %s", code, out, want, errOut)
