@@ -220,14 +220,7 @@ func TestFlushSplitsAtMaxMessage(t *testing.T) {
 	}
 	u.flush()
 	got, messages := 0, 0
-	for {
-		_, rec, ok, err := sp.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !ok {
-			break
-		}
+	for _, rec := range drain(t, sp) {
 		messages++
 		if len(rec.Payload) > 4<<10 {
 			t.Errorf("message %d is %d bytes, over the 4 KiB cap", messages, len(rec.Payload))
@@ -264,21 +257,29 @@ func TestTextThatIsNotIsEscapedAndCounted(t *testing.T) {
 	u.Heartbeat(telemetry.Heartbeat{Node: "node-a", Seq: 1000, Time: now, Health: telemetry.Degraded, Why: "disk sd\xff failing"})
 	u.Result(telemetry.CommandResult{ID: "r1", Status: telemetry.StatusFailed, Reason: "open /data/\xff: no such file"})
 	f := controller.NewFleet(controller.Options{})
-	messages := 0
+	records := drain(t, sp)
+	for _, rec := range records {
+		if err := f.Handle("edge/node-a/"+rec.Topic, rec.Payload, now); err != nil {
+			t.Errorf("%s refused: %v", rec.Topic, err)
+		}
+	}
+	if st := u.Status(); len(records) != 4 || st.Escaped != 7 {
+		t.Errorf("%d messages, %d strings escaped; want 4 and 7", len(records), st.Escaped)
+	}
+}
+
+// drain takes every record out of the spool.
+func drain(t *testing.T, sp *spool.Spool) []spool.Record {
+	t.Helper()
+	var out []spool.Record
 	for {
 		_, rec, ok, err := sp.Next()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !ok {
-			break
+			return out
 		}
-		messages++
-		if err := f.Handle("edge/node-a/"+rec.Topic, rec.Payload, now); err != nil {
-			t.Errorf("%s refused: %v", rec.Topic, err)
-		}
-	}
-	if st := u.Status(); messages != 4 || st.Escaped != 7 {
-		t.Errorf("%d messages, %d strings escaped; want 4 and 7", messages, st.Escaped)
+		out = append(out, rec)
 	}
 }
