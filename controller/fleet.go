@@ -179,7 +179,8 @@ func (f *Fleet) Handle(topic string, payload []byte, now time.Time) error {
 	}
 	n := f.node(env.Node)
 	n.LastSeen = now
-	if env.Kind != telemetry.KindState { // presence: latest wins, not numbered for de-duplication
+	numbered := env.Kind != telemetry.KindState // presence is not: the latest wins
+	if numbered {
 		id := newMsgID(env)
 		if _, dup := n.seen[id]; dup {
 			n.Duplicates++
@@ -196,7 +197,7 @@ func (f *Fleet) Handle(topic string, payload []byte, now time.Time) error {
 		refused.Reason, refused.Seq, refused.Err = RefusedBody, env.Seq, err
 		return f.refuse(refused, now)
 	}
-	if env.Kind != telemetry.KindState {
+	if numbered {
 		n.Messages++
 	}
 	return nil
