@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/seed69aca190/edgeagent/internal/text"
 )
 
 // SMART health verdicts.
@@ -74,7 +76,7 @@ func (s SmartCtl) Health(ctx context.Context, device string) Health {
 	}
 	var exit *exec.ExitError
 	if err != nil && !errors.As(err, &exit) {
-		return Health{Device: device, Status: SmartUnavailable, Reason: "run smartctl: " + err.Error()}
+		return Health{Device: device, Status: SmartUnavailable, Reason: text.EscapeString("run smartctl: " + err.Error())} // a path
 	}
 	h, perr := parseSmartctl(stdout.Bytes())
 	h.Device = device
@@ -123,6 +125,7 @@ type smartctlOutput struct {
 
 // parseSmartctl turns smartctl's JSON into a verdict. smartctl's exit status is
 // taken from the JSON, where it is recorded whatever the process returned.
+// Its strings are text: encoding/json turns what is not UTF-8 into U+FFFD.
 func parseSmartctl(data []byte) (Health, error) {
 	var out smartctlOutput
 	if err := json.Unmarshal(data, &out); err != nil {
