@@ -40,12 +40,22 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind %d", k)
 }
 
-// State is the retained presence message: "online" on connect, "offline" as
-// the last will.
+// State is the retained presence message: "online" on connect; "offline" as
+// the last will, or from an agent that stops on purpose (Clean); "upgrading"
+// from an agent that hands over to a new image of itself in the same process
+// (an upgrade or a reload) and disconnects cleanly: the new image says
+// "online" when it is back.
 type State struct {
-	State string `cbor:"1,keyasint" json:"state"` // online or offline
+	State string `cbor:"1,keyasint" json:"state"` // online, offline or upgrading
 	// Clean reports an offline state sent by an agent that stopped on purpose.
 	Clean bool `cbor:"2,keyasint,omitempty" json:"clean,omitempty"`
+	// BackSec, with upgrading, is within how many seconds of sending it the
+	// node expects to be online again: a duration, not a time, because the
+	// node's clock may be wrong. Zero: the node did not say.
+	BackSec uint32 `cbor:"3,keyasint,omitempty" json:"back_sec,omitempty"`
+	// NextVersion, with upgrading, is the version the new image runs, when
+	// the node knows it.
+	NextVersion string `cbor:"4,keyasint,omitempty" json:"next_version,omitempty"`
 }
 
 // Envelope wraps every message: who sent it, its place in the sender's
