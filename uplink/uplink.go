@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/url"
 	"os"
@@ -48,13 +49,16 @@ type Options struct {
 	Instance string
 	Log      *slog.Logger
 	// OnCommand receives each well-formed request from the command topic, on
-	// the uplink's goroutine: it must not block.
+	// the uplink's goroutine: it must not block. A request is acknowledged to
+	// the broker only once OnCommand has it, so one that never reached it (the
+	// agent stopped or handed over first) is delivered again to the node's
+	// next session.
 	OnCommand func(telemetry.Envelope)
 }
 
 // Status is the uplink as /status shows it.
 type Status struct {
-	State          string    `json:"state"` // connecting, connected, disconnected, stopped
+	State          string    `json:"state"` // connecting, connected, disconnected, stopped, handed over
 	Since          time.Time `json:"since"` // when State began
 	Broker         string    `json:"broker,omitempty"`
 	ConnectedSince time.Time `json:"connected_since,omitzero"`
@@ -80,10 +84,11 @@ type Uplink struct {
 	client mqtt.Client
 	log    *slog.Logger
 
-	wake    chan struct{}      // something was queued
-	lost    chan error         // the connection dropped
-	inbound chan mqtt.Message  // from paho's handler to Run
-	results chan publishResult // PUBACKs and timeouts
+	wake      chan struct{}      // something was queued
+	lost      chan error         // the connection dropped
+	inbound   chan mqtt.Message  // from paho's handler to Run, not yet acknowledged
+	results   chan publishResult // PUBACKs and timeouts
+	handovers chan handover      // from Handover to Run
 
 	mu             sync.Mutex
 	pending        []telemetry.Batch // collected since the last flush
@@ -102,6 +107,14 @@ type Uplink struct {
 type publishResult struct {
 	seq uint64
 	err error
+}
+
+// handover is Handover's request to Run.
+type handover struct {
+	ctx     context.Context
+	back    time.Duration
+	version string
+	done    chan error
 }
 
 // validClientID reports why id cannot be an MQTT client id and topic level.
@@ -139,13 +152,15 @@ func New(opts Options) (*Uplink, error) {
 		opts: opts, log: opts.Log, state: "connecting", stateSince: time.Now(),
 		wake: make(chan struct{}, 1), lost: make(chan error, 1),
 		inbound: make(chan mqtt.Message, 64), results: make(chan publishResult, opts.InFlight),
+		handovers: make(chan handover),
 	}
 	co := mqtt.NewClientOptions()
 	for _, b := range opts.Brokers {
 		co.AddBroker(b)
 	}
+	// Commands are acknowledged by Run once handed on (see Options.OnCommand).
 	co.SetClientID(opts.Node).SetCleanSession(false).SetOrderMatters(false).SetStore(nullStore{}).
-		SetAutoReconnect(false).SetConnectRetry(false).SetResumeSubs(false).
+		SetAutoReconnect(false).SetConnectRetry(false).SetResumeSubs(false).SetAutoAckDisabled(true).
 		SetKeepAlive(opts.Keepalive).SetConnectTimeout(opts.ConnectTimeout).SetWriteTimeout(opts.PublishTimeout).
 		SetUsername(opts.Username).SetPassword(opts.Password)
 	if tlsConf, err := tlsConfig(opts); err != nil {
@@ -180,6 +195,10 @@ func New(opts Options) (*Uplink, error) {
 		}
 	})
 	u.client = mqtt.NewClient(co)
+	// The route exists before any connection: the broker delivers the
+	// commands it kept for the session right after CONNACK, before the
+	// connect handler has run.
+	u.client.AddRoute(u.topic("cmd"), u.receive)
 	return u, nil
 }
 
@@ -261,18 +280,23 @@ func (s *stamps) at(t time.Time) time.Time {
 	return t
 }
 
-// onConnect runs on paho's goroutine: it subscribes and announces the node
-// without waiting for either, so it never blocks paho.
+// onConnect runs on paho's goroutine: it subscribes (the route is New's)
+// and announces the node without waiting for either, so it never blocks paho.
 func (u *Uplink) onConnect(c mqtt.Client) {
-	c.Subscribe(u.topic("cmd"), 1, func(_ mqtt.Client, m mqtt.Message) {
-		select {
-		case u.inbound <- m:
-		default:
-			u.malformed.Add(1) // Run is behind: refuse rather than block paho
-		}
-	})
+	c.Subscribe(u.topic("cmd"), 1, nil)
 	if online, err := u.envelope(telemetry.KindState, telemetry.State{State: "online"}); err == nil {
 		c.Publish(u.topic("state"), 1, true, online)
+	}
+}
+
+// receive takes a message on the command topic from paho, for Run, which
+// acknowledges it once handed on.
+func (u *Uplink) receive(_ mqtt.Client, m mqtt.Message) {
+	select {
+	case u.inbound <- m:
+	default:
+		u.malformed.Add(1) // Run is behind: refuse rather than block paho
+		m.Ack()
 	}
 }
 
@@ -368,10 +392,13 @@ func (u *Uplink) size(batches []telemetry.Batch) int {
 	return len(u.sizer.EncodeBatches(telemetry.Header{Node: u.opts.Node, Seq: 1 << 62, Time: time.Now(), Kind: telemetry.KindBatch}, batches))
 }
 
-// Run keeps the session until ctx is cancelled: connects with backoff,
-// publishes from the spool within the in-flight window, spills to flash
-// while the broker is away or not acknowledging, and on the way out
-// flushes, syncs the spool and says offline cleanly.
+// Run keeps the session until ctx is cancelled or Handover ends it: connects
+// with backoff, publishes from the spool within the in-flight window, spills
+// to flash while the broker is away or not acknowledging, and hands each
+// request from the command topic to OnCommand. When ctx is cancelled it
+// flushes, sends what is queued for up to 2 s, says offline (clean) and
+// closes the spool, which writes what is left to flash and syncs it. After
+// Handover it returns nil at once, the spool left open.
 func (u *Uplink) Run(ctx context.Context) error {
 	flush := time.NewTicker(u.opts.FlushInterval)
 	defer flush.Stop()
@@ -432,14 +459,14 @@ func (u *Uplink) Run(ctx context.Context) error {
 				}
 				continue
 			}
-			u.opts.Spool.Ack(r.seq)
-			u.published.Add(1)
-			u.mu.Lock()
-			u.lastAck = time.Now()
-			u.mu.Unlock()
+			u.acked(r.seq)
 		case <-u.wake:
 		case m := <-u.inbound:
 			u.command(m.Payload())
+			m.Ack()
+		case h := <-u.handovers:
+			h.done <- u.handOver(h, connected, inflight)
+			return nil
 		}
 		for connected && inflight < u.opts.InFlight {
 			seq, rec, ok, err := u.opts.Spool.Next()
@@ -461,6 +488,15 @@ func (u *Uplink) Run(ctx context.Context) error {
 			}(seq)
 		}
 	}
+}
+
+// acked removes a record the broker acknowledged from the spool.
+func (u *Uplink) acked(seq uint64) {
+	u.opts.Spool.Ack(seq)
+	u.published.Add(1)
+	u.mu.Lock()
+	u.lastAck = time.Now()
+	u.mu.Unlock()
 }
 
 func (u *Uplink) spill(why string) {
@@ -514,6 +550,123 @@ func (u *Uplink) stop(connected bool) error {
 	}
 	u.setState("stopped", "")
 	return u.opts.Spool.Close()
+}
+
+// Handover ends the session so that the agent can execute a new image of
+// itself in the same process (an upgrade or a reload) without the controller
+// taking the node for lost. Run must be running; it returns nil once the
+// hand-over is done. In order:
+//
+//   - No request from the command topic goes to OnCommand any more. Those
+//     received and not handed on are not acknowledged, so the broker delivers
+//     them again, with those published meanwhile, to the node's next session:
+//     the new image's (the session keeps its subscription).
+//   - The batches collected so far are flushed into the spool.
+//   - The publishes in flight get their PUBACKs, within ctx (each reports
+//     within PublishTimeout); a record that is not acknowledged stays in the
+//     spool, and the new image sends it again.
+//   - The spool writes every record it holds in memory to its files on flash
+//     (Spill), where the new image finds them when it opens the spool. It
+//     fsyncs them on its own schedule (spool.fsync_interval), which the exec
+//     may cut short: until the kernel writes them back, a power cut can lose
+//     them.
+//   - The node says "upgrading" (retained, QoS 1) with back, within how long
+//     it expects to be online again (in whole seconds, rounded up; zero or
+//     less says nothing), and version, the version the new image runs (empty
+//     when not known), and waits for the PUBACK within ctx and
+//     PublishTimeout.
+//   - It disconnects cleanly, which makes the broker drop the last will:
+//     nothing says offline. The new image connects and says online.
+//
+// On return no goroutine of the uplink uses the spool. It is not closed, as
+// the process runs on until the exec: events, heartbeats and results queued
+// after Handover go to flash, for the new image to send; batches are not
+// flushed again, so stop the collectors first. The error says what did not happen (the broker was not reachable,
+// the state was not acknowledged, flash could not take records, which the
+// end of this process loses); the session is over either way. If ctx ends
+// before Run takes the request, nothing is done and the error says so.
+func (u *Uplink) Handover(ctx context.Context, back time.Duration, version string) error {
+	h := handover{ctx: ctx, back: back, version: version, done: make(chan error, 1)}
+	select {
+	case u.handovers <- h:
+		return <-h.done
+	case <-ctx.Done():
+		return fmt.Errorf("hand-over not started (is Run running?): %w", ctx.Err())
+	}
+}
+
+// handOver does Handover's work on Run's goroutine; connected and inflight
+// are Run's.
+func (u *Uplink) handOver(h handover, connected bool, inflight int) error {
+	u.flush()
+	var errs []error
+	if connected {
+		if err := u.settle(h.ctx, inflight); err != nil {
+			connected = false
+			errs = append(errs, err)
+		}
+	}
+	u.spill("handing over")
+	st := u.opts.Spool.Stats()
+	if st.Memory > 0 {
+		errs = append(errs, fmt.Errorf("%d records are held in memory only, flash cannot take them (%s): the end of this process loses them",
+			st.Memory, st.Fault))
+	}
+	if connected {
+		if err := u.sayUpgrading(h); err != nil {
+			errs = append(errs, err)
+		}
+		u.client.Disconnect(uint(u.opts.PublishTimeout.Milliseconds()))
+	} else {
+		errs = append(errs, errors.New("not connected to the broker: the controller was not told"))
+	}
+	u.setState("handed over", "")
+	u.log.Info("session handed over", "back", h.back, "version", h.version, "spooled", st.Depth())
+	return errors.Join(errs...)
+}
+
+// settle waits within ctx for the PUBACKs of the publishes in flight.
+func (u *Uplink) settle(ctx context.Context, inflight int) error {
+	for ; inflight > 0; inflight-- {
+		select {
+		case r := <-u.results:
+			if r.err == nil {
+				u.acked(r.seq)
+			}
+		case err := <-u.lost:
+			return fmt.Errorf("connection to the broker lost: %w", err)
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
+}
+
+// sayUpgrading publishes the retained upgrading state and waits for its
+// PUBACK within h.ctx and PublishTimeout.
+func (u *Uplink) sayUpgrading(h handover) error {
+	st := telemetry.State{State: "upgrading", NextVersion: h.version}
+	if h.back > 0 {
+		st.BackSec = uint32(min((h.back+time.Second-1)/time.Second, math.MaxUint32))
+	}
+	payload, err := u.envelope(telemetry.KindState, st)
+	if err != nil {
+		return fmt.Errorf("upgrading state: %w", err)
+	}
+	tok := u.client.Publish(u.topic("state"), 1, true, payload)
+	timeout := time.NewTimer(u.opts.PublishTimeout)
+	defer timeout.Stop()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("upgrading state not acknowledged: %w", err)
+		}
+		return nil
+	case <-timeout.C:
+		return errors.New("upgrading state not acknowledged within publish_timeout")
+	case <-h.ctx.Done():
+		return fmt.Errorf("upgrading state not acknowledged: %w", h.ctx.Err())
+	}
 }
 
 // Result implements the dispatcher's output: a command's result is queued
