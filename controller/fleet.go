@@ -14,15 +14,19 @@ import (
 // Node is what the controller knows about one node. Times are the
 // controller's, when it received a message, except NodeTime.
 type Node struct {
-	ID           string `json:"id"`
-	Online       bool   `json:"online"`
-	Version      string `json:"version,omitempty"`
-	Slot         string `json:"slot,omitempty"`
-	Health       string `json:"health,omitempty"`
-	Why          string `json:"why,omitempty"`
-	BootID       string `json:"boot_id,omitempty"`
-	Instance     string `json:"instance,omitempty"` // the agent process that sent the latest heartbeat
-	HeartbeatSeq uint64 `json:"heartbeat_seq"`
+	ID string `json:"id"`
+	// State is online, offline or upgrading: the node is handing over to a
+	// new image of itself (Upgrading says until when it may take).
+	State        string     `json:"state"`
+	Online       bool       `json:"online"` // State is online
+	Upgrading    *Upgrading `json:"upgrading,omitempty"`
+	Version      string     `json:"version,omitempty"`
+	Slot         string     `json:"slot,omitempty"`
+	Health       string     `json:"health,omitempty"`
+	Why          string     `json:"why,omitempty"`
+	BootID       string     `json:"boot_id,omitempty"`
+	Instance     string     `json:"instance,omitempty"` // the agent process that sent the latest heartbeat
+	HeartbeatSeq uint64     `json:"heartbeat_seq"`
 	// LastHeartbeat is when the latest heartbeat was received. Liveness is
 	// judged by it, never by the node's clock, which may read 1970 or hours
 	// ahead on a node without a real-time clock.
@@ -42,6 +46,28 @@ type Node struct {
 	Messages    uint64             `json:"messages"`   // accepted, after de-duplication
 	Duplicates  uint64             `json:"duplicates"` // dropped as already seen
 }
+
+// Upgrading is a node's hand-over to a new image of itself, an upgrade or a
+// reload, as its retained state announced it.
+type Upgrading struct {
+	Since time.Time `json:"since"` // when the controller received the announcement
+	// Until is Since plus the time the node said it needs (at most
+	// maxUpgrading; three heartbeat intervals when it said none): a node
+	// not back by then is offline.
+	Until time.Time `json:"until"`
+	To    string    `json:"to,omitempty"` // the version the node said it is going to
+}
+
+// Presence states.
+const (
+	online    = "online"
+	offline   = "offline"
+	upgrading = "upgrading"
+)
+
+// maxUpgrading caps the time a node may say it needs to come back from a
+// hand-over: a longer silence is an outage, whatever the node expected.
+const maxUpgrading = 10 * time.Minute
 
 // Conflict is two live agents heard under one node id (a cloned state
 // directory, a copied configuration): their heartbeats alternate.
@@ -98,6 +124,11 @@ type nodeState struct {
 
 	speaker  Instance   // the instance whose heartbeat was received last
 	replaced []replaced // instances replaced as speaker within the conflict window
+
+	// While upgrading: the message that announced it, and what the node does
+	// ("upgrade to v1.5.0", or "reload" when the version stays or is not said).
+	announced msgID
+	handover  string
 }
 
 // replaced is an instance that another replaced as the node's speaker.
@@ -212,13 +243,7 @@ func (f *Fleet) apply(n *nodeState, env telemetry.Envelope, now time.Time) error
 		if err := env.DecodeBody(&st); err != nil {
 			return err
 		}
-		why := "the node said " + st.State
-		if st.Clean {
-			why += ", stopping cleanly"
-		} else if st.State == "offline" {
-			why = "last will: the connection broke"
-		}
-		f.setOnline(n, st.State == "online", now, why, st.Clean)
+		f.presence(n, newMsgID(env), st, now)
 	case telemetry.KindHeartbeat:
 		var hb telemetry.Heartbeat
 		if err := env.DecodeBody(&hb); err != nil {
@@ -230,7 +255,11 @@ func (f *Fleet) apply(n *nodeState, env telemetry.Envelope, now time.Time) error
 			n.HeartbeatSeq, n.LastHeartbeat, n.NodeTime, n.Unsynced = hb.Seq, now, hb.Time, env.Unsynced
 			n.Version, n.Slot, n.Health, n.Why, n.BootID = hb.Version, hb.Slot, string(hb.Health), hb.Why, hb.BootID
 			n.Instance, n.SpoolDepth, n.SpoolDropped = hb.Instance, hb.SpoolDepth, hb.Dropped
-			f.setOnline(n, true, now, "heartbeat", false)
+			// One the image that handed over sent before it (delivered late,
+			// or from the spool the new image drains) does not say it is back.
+			if id := newMsgID(env); n.State != upgrading || id.instance != n.announced.instance || id.seq > n.announced.seq {
+				f.setOnline(n, now, "heartbeat")
+			}
 		}
 	case telemetry.KindBatch:
 		batches, err := env.DecodeBatches()
@@ -278,7 +307,7 @@ func (f *Fleet) Expect(id string) (<-chan telemetry.CommandResult, func()) {
 func (f *Fleet) node(id string) *nodeState {
 	n := f.nodes[id]
 	if n == nil {
-		n = &nodeState{Node: Node{ID: id}, seen: map[msgID]struct{}{}}
+		n = &nodeState{Node: Node{ID: id, State: offline}, seen: map[msgID]struct{}{}}
 		f.nodes[id] = n
 	}
 	return n
@@ -350,23 +379,77 @@ func utilization(n *nodeState, b telemetry.Batch) {
 	}
 }
 
-// setOnline records a presence change and raises the controller's alert:
-// critical when a node is lost, a warning when it stopped on purpose.
-func (f *Fleet) setOnline(n *nodeState, online bool, now time.Time, why string, clean bool) {
-	if n.Online == online {
+// presence applies st, the retained state of message id.
+func (f *Fleet) presence(n *nodeState, id msgID, st telemetry.State, now time.Time) {
+	switch {
+	case st.State == online:
+		f.setOnline(n, now, "the node said online")
+	case st.State == upgrading:
+		f.setUpgrading(n, id, st, now)
+	case st.Clean:
+		f.setOffline(n, now, telemetry.Warning, "the node said "+st.State+", stopping cleanly")
+	case n.State == upgrading:
+		// The last will of the session that handed over, whose DISCONNECT
+		// did not reach the broker: the node's deadline judges it.
+	case st.State == offline:
+		f.setOffline(n, now, telemetry.Critical, "last will: the connection broke")
+	default:
+		f.setOffline(n, now, telemetry.Critical, "the node said "+st.State)
+	}
+}
+
+// setUpgrading records a node's hand-over to a new image of itself, with
+// the deadline it announced, counted from now and capped at maxUpgrading.
+func (f *Fleet) setUpgrading(n *nodeState, id msgID, st telemetry.State, now time.Time) {
+	if n.State == upgrading && id == n.announced {
+		return // the same announcement again: a redelivery, or retained and read again
+	}
+	back := 3 * f.opts.HeartbeatInterval
+	if st.BackSec > 0 {
+		back = min(time.Duration(st.BackSec)*time.Second, maxUpgrading)
+	}
+	doing := "reloading"
+	n.handover = "reload"
+	if st.NextVersion != "" && st.NextVersion != n.Version {
+		doing, n.handover = "upgrading to "+st.NextVersion, "upgrade to "+st.NextVersion
+	}
+	n.announced = id
+	f.setState(n, upgrading, telemetry.Event{Time: now, Severity: telemetry.Info,
+		Message: fmt.Sprintf("node %s is %s, back within %s", n.ID, doing, seconds(back))})
+	n.Upgrading = &Upgrading{Since: now, Until: now.Add(back), To: st.NextVersion}
+}
+
+// setOnline marks a node online, or back from its hand-over.
+func (f *Fleet) setOnline(n *nodeState, now time.Time, why string) {
+	msg := fmt.Sprintf("node %s is online (%s)", n.ID, why)
+	switch n.State {
+	case online:
+		return
+	case upgrading:
+		msg = fmt.Sprintf("node %s is back from its %s after %s (%s)", n.ID, n.handover, seconds(now.Sub(n.Upgrading.Since)), why)
+	}
+	f.setState(n, online, telemetry.Event{Time: now, Severity: telemetry.Info, Message: msg})
+}
+
+// setOffline marks a node offline, with an alert: critical when it is lost,
+// a warning when it stopped on purpose.
+func (f *Fleet) setOffline(n *nodeState, now time.Time, severity telemetry.Severity, why string) {
+	if n.State == offline {
 		return
 	}
-	n.Online = online
-	e := telemetry.Event{Time: now, Kind: "node", Subject: n.ID, Old: "offline", New: "online", Severity: telemetry.Info,
-		Message: fmt.Sprintf("node %s is online (%s)", n.ID, why)}
-	if !online {
-		e.Old, e.New, e.Severity = "online", "offline", telemetry.Critical
-		if clean {
-			e.Severity = telemetry.Warning
-		}
-		e.Message = fmt.Sprintf("node %s is offline (%s)", n.ID, why)
-	}
+	f.setState(n, offline, telemetry.Event{Time: now, Severity: severity, Message: fmt.Sprintf("node %s is offline (%s)", n.ID, why)})
+}
+
+// setState moves n to state and raises e about it.
+func (f *Fleet) setState(n *nodeState, state string, e telemetry.Event) {
+	e.Kind, e.Subject, e.Old, e.New = "node", n.ID, n.State, state
+	n.State, n.Online, n.Upgrading = state, state == online, nil
 	f.addEvent(n.ID, e)
+}
+
+// seconds writes d as whole seconds: "90s", not "1m30s".
+func seconds(d time.Duration) string {
+	return fmt.Sprintf("%ds", int64(d.Round(time.Second)/time.Second))
 }
 
 func (f *Fleet) addEvent(node string, e telemetry.Event) {
@@ -379,17 +462,22 @@ func (f *Fleet) addEvent(node string, e telemetry.Event) {
 	f.changed = make(chan struct{})
 }
 
-// Check marks nodes offline that missed three heartbeats, ends conflicts
-// in which one agent fell silent, and raises the events of refused messages
-// that were folded (see refusalEvery).
+// Check marks nodes offline that missed three heartbeats, or that are not
+// back from a hand-over by its deadline (missed heartbeats do not count
+// before it), ends conflicts in which one agent fell silent, and raises the
+// events of refused messages that were folded (see refusalEvery).
 func (f *Fleet) Check(now time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.flushRefusals(now)
 	deadline := 3 * f.opts.HeartbeatInterval
 	for _, n := range f.nodes {
-		if n.Online && now.Sub(n.LastSeen) > deadline && now.Sub(n.LastHeartbeat) > deadline {
-			f.setOnline(n, false, now, fmt.Sprintf("no heartbeat for %s", now.Sub(n.LastHeartbeat).Round(time.Second)), false)
+		switch {
+		case n.State == online && now.Sub(n.LastSeen) > deadline && now.Sub(n.LastHeartbeat) > deadline:
+			f.setOffline(n, now, telemetry.Critical, fmt.Sprintf("no heartbeat for %s", now.Sub(n.LastHeartbeat).Round(time.Second)))
+		case n.State == upgrading && now.After(n.Upgrading.Until):
+			f.setOffline(n, now, telemetry.Critical, fmt.Sprintf("did not come back from its %s within %s", n.handover,
+				seconds(n.Upgrading.Until.Sub(n.Upgrading.Since))))
 		}
 		if c := n.Conflict; c != nil {
 			speaks, silent := c.Instances[0], c.Instances[1]
@@ -414,6 +502,10 @@ func (f *Fleet) Nodes() []Node {
 	out := make([]Node, 0, len(f.nodes))
 	for _, n := range f.nodes {
 		c := n.Node
+		if n.Upgrading != nil {
+			up := *n.Upgrading
+			c.Upgrading = &up
+		}
 		if n.Conflict != nil {
 			conflict := *n.Conflict
 			conflict.Instances = slices.Clone(conflict.Instances)

@@ -271,3 +271,129 @@ func TestConflictResolved(t *testing.T) {
 		t.Errorf("second conflict %+v", c)
 	}
 }
+
+// stateAt is node n's retained state st, sent by instance inst as seq.
+func stateAt(t *testing.T, seq uint64, inst string, st telemetry.State) []byte {
+	t.Helper()
+	var e telemetry.Encoder
+	data, err := e.Encode(telemetry.Header{Node: "n", Seq: seq, Time: time.Unix(1, 0), Kind: telemetry.KindState, Instance: inst}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append([]byte(nil), data...)
+}
+
+// TestUpgrading feeds a node's presence through a hand-over to a new image
+// of itself (instance a hands over, instance b comes back; heartbeats every
+// 10 s, so three missed take 30 s) and checks the state it ends in, when its
+// deadline is (seconds after the start), and every node event. A step
+// without a message is a Check.
+func TestUpgrading(t *testing.T) {
+	type step struct {
+		sec   int
+		inst  string // the sender; empty for a Check
+		seq   uint64
+		state *telemetry.State // nil: a heartbeat
+	}
+	up := func(back uint32, to string) *telemetry.State {
+		return &telemetry.State{State: "upgrading", BackSec: back, NextVersion: to}
+	}
+	onlineState := &telemetry.State{State: "online"}
+	start := time.Unix(1795301700, 0)
+	for _, tt := range []struct {
+		name   string
+		steps  []step
+		state  string
+		until  int // seconds after start, while upgrading
+		events []string
+	}{
+		{"upgrade, heartbeats missed meanwhile, back with online", []step{
+			{0, "a", 1, nil}, {5, "a", 2, up(60, "v2.0.0")}, {40, "", 0, nil}, {45, "b", 3, onlineState}, {70, "", 0, nil},
+		}, "online", 0, []string{
+			"info online: node n is online (heartbeat)",
+			"info upgrading: node n is upgrading to v2.0.0, back within 60s",
+			"info online: node n is back from its upgrade to v2.0.0 after 40s (the node said online)",
+		}},
+		{"reload, the old image's late heartbeat does not bring it back, the new one's does", []step{
+			{0, "a", 1, nil}, {5, "a", 3, up(60, "v1")}, {6, "a", 2, nil}, {40, "", 0, nil}, {50, "b", 4, nil},
+		}, "online", 0, []string{
+			"info online: node n is online (heartbeat)",
+			"info upgrading: node n is reloading, back within 60s",
+			"info online: node n is back from its reload after 45s (heartbeat)",
+		}},
+		{"not back by the deadline", []step{
+			{0, "a", 1, nil}, {5, "a", 2, up(60, "v2.0.0")}, {65, "", 0, nil}, {66, "", 0, nil}, {70, "b", 3, nil},
+		}, "online", 0, []string{
+			"info online: node n is online (heartbeat)",
+			"info upgrading: node n is upgrading to v2.0.0, back within 60s",
+			"critical offline: node n is offline (did not come back from its upgrade to v2.0.0 within 60s)",
+			"info online: node n is online (heartbeat)",
+		}},
+		{"a deadline beyond ten minutes is capped", []step{
+			{0, "a", 1, up(3600, "")}, {600, "", 0, nil}, {601, "", 0, nil},
+		}, "offline", 0, []string{
+			"info upgrading: node n is reloading, back within 600s",
+			"critical offline: node n is offline (did not come back from its reload within 600s)",
+		}},
+		{"no deadline said: three heartbeat intervals", []step{
+			{0, "a", 1, up(0, "")}, {30, "", 0, nil}, {31, "", 0, nil},
+		}, "offline", 0, []string{
+			"info upgrading: node n is reloading, back within 30s",
+			"critical offline: node n is offline (did not come back from its reload within 30s)",
+		}},
+		{"the announcement again does not move the deadline", []step{
+			{0, "a", 1, up(60, "")}, {50, "a", 1, up(60, "")}, {59, "", 0, nil},
+		}, "upgrading", 60, []string{
+			"info upgrading: node n is reloading, back within 60s",
+		}},
+		{"a last will while upgrading: the deadline judges", []step{
+			{0, "a", 1, nil}, {5, "a", 2, up(120, "")}, {6, "a", 3, &telemetry.State{State: "offline"}}, {100, "", 0, nil},
+		}, "upgrading", 125, []string{
+			"info online: node n is online (heartbeat)",
+			"info upgrading: node n is reloading, back within 120s",
+		}},
+		{"a clean stop is a clean stop", []step{
+			{0, "a", 1, nil}, {5, "a", 2, &telemetry.State{State: "offline", Clean: true}}, {100, "", 0, nil},
+		}, "offline", 0, []string{
+			"info online: node n is online (heartbeat)",
+			"warning offline: node n is offline (the node said offline, stopping cleanly)",
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := NewFleet(Options{HeartbeatInterval: 10 * time.Second})
+			for _, s := range tt.steps {
+				at := start.Add(time.Duration(s.sec) * time.Second)
+				var err error
+				switch {
+				case s.inst == "":
+					f.Check(at)
+				case s.state == nil:
+					err = f.Handle("edge/n/heartbeat", hbAt(t, s.seq, s.inst, "boot", at, false), at)
+				default:
+					err = f.Handle("edge/n/state", stateAt(t, s.seq, s.inst, *s.state), at)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			n := f.Nodes()[0]
+			if n.State != tt.state || n.Online != (tt.state == "online") {
+				t.Errorf("state %q (online %v), want %s", n.State, n.Online, tt.state)
+			}
+			switch u := n.Upgrading; {
+			case tt.state != "upgrading" && u != nil:
+				t.Errorf("upgrading %+v while %s", u, n.State)
+			case tt.state == "upgrading" && (u == nil || !u.Until.Equal(start.Add(time.Duration(tt.until)*time.Second))):
+				t.Errorf("upgrading %+v, want until %d s after the start", u, tt.until)
+			}
+			events, _ := f.Events(0)
+			var got []string
+			for _, e := range events {
+				got = append(got, fmt.Sprintf("%s %s: %s", e.Severity, e.New, e.Message))
+			}
+			if strings.Join(got, "\n") != strings.Join(tt.events, "\n") {
+				t.Errorf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.events, "\n"))
+			}
+		})
+	}
+}
