@@ -14,7 +14,7 @@ import (
 
 var nodesCommand = cli.Command{
 	Name:    "nodes",
-	Summary: "list the fleet: online state, version, slot, heartbeat and utilization",
+	Summary: "list the fleet: state (online, offline, upgrading), version, slot, heartbeat and utilization",
 	Run:     nodes,
 }
 
@@ -64,15 +64,12 @@ func nodes(args []string, stdout, stderr io.Writer) int {
 }
 
 // writeNodes prints the fleet as a table that fits 80 columns, then a note
-// for each node claimed by two agents, and for each whose clock is unsynced
-// or off the controller's by a minute or more (SEEN is by the controller's).
+// for each node that is upgrading (a reload says no new version), for each
+// claimed by two agents, and for each whose clock is unsynced or off the
+// controller's by a minute or more (SEEN is by the controller's).
 func writeNodes(w io.Writer, list []controller.Node, now time.Time) {
-	fmt.Fprintf(w, "%-20s %-7s %-12s %-4s %8s %6s %5s %5s %5s\n", "NODE", "STATE", "VERSION", "SLOT", "HB SEQ", "SEEN", "CPU%", "MEM%", "DISK%")
+	fmt.Fprintf(w, "%-20s %-9s %-11s %-4s %8s %5s %5s %5s %5s\n", "NODE", "STATE", "VERSION", "SLOT", "HB SEQ", "SEEN", "CPU%", "MEM%", "DISK%")
 	for _, n := range list {
-		state := "offline"
-		if n.Online {
-			state = "online"
-		}
 		seen := "-"
 		if !n.LastHeartbeat.IsZero() {
 			seen = ago(now.Sub(n.LastHeartbeat))
@@ -83,10 +80,17 @@ func writeNodes(w io.Writer, list []controller.Node, now time.Time) {
 			}
 			return "-"
 		}
-		fmt.Fprintf(w, "%-20s %-7s %-12s %-4s %8d %6s %5s %5s %5s\n", clip(n.ID, 20), state, clip(orDash(n.Version), 12),
+		fmt.Fprintf(w, "%-20s %-9s %-11s %-4s %8d %5s %5s %5s %5s\n", clip(n.ID, 20), n.State, clip(orDash(n.Version), 11),
 			clip(orDash(n.Slot), 4), n.HeartbeatSeq, seen, pct("cpu_percent"), pct("memory_percent"), pct("disk_percent"))
 	}
 	for _, n := range list {
+		if u := n.Upgrading; u != nil {
+			doing := "reloading"
+			if u.To != "" && u.To != n.Version {
+				doing = "upgrading to " + clip(u.To, 16)
+			}
+			fmt.Fprintf(w, "%s: %s for %s, due back within %s\n", clip(n.ID, 20), doing, ago(now.Sub(u.Since)), ago(max(u.Until.Sub(now), 0)))
+		}
 		if c := n.Conflict; c != nil {
 			fmt.Fprintf(w, "%s: claimed by two live agents for %s:\n", clip(n.ID, 20), ago(now.Sub(c.Since)))
 			for _, in := range c.Instances {
