@@ -566,10 +566,8 @@ func (u *Uplink) stop(connected bool) error {
 //     within PublishTimeout); a record that is not acknowledged stays in the
 //     spool, and the new image sends it again.
 //   - The spool writes every record it holds in memory to its files on flash
-//     (Spill), where the new image finds them when it opens the spool. It
-//     fsyncs them on its own schedule (spool.fsync_interval), which the exec
-//     may cut short: until the kernel writes them back, a power cut can lose
-//     them.
+//     and fsyncs them (Sync), where the new image finds them when it opens
+//     the spool.
 //   - The node says "upgrading" (retained, QoS 1) with back, within how long
 //     it expects to be online again (in whole seconds, rounded up; zero or
 //     less says nothing), and version, the version the new image runs (empty
@@ -580,8 +578,10 @@ func (u *Uplink) stop(connected bool) error {
 //
 // On return no goroutine of the uplink uses the spool. It is not closed, as
 // the process runs on until the exec: events, heartbeats and results queued
-// after Handover go to flash, for the new image to send; batches are not
-// flushed again, so stop the collectors first. The error says what did not happen (the broker was not reachable,
+// after Handover go to flash, for the new image to send (call the spool's
+// Sync once more just before the exec: its fsync timer dies with the
+// process); batches are not flushed again, so stop the collectors first. The
+// error says what did not happen (the broker was not reachable,
 // the state was not acknowledged, flash could not take records, which the
 // end of this process loses); the session is over either way. If ctx ends
 // before Run takes the request, nothing is done and the error says so.
@@ -606,12 +606,10 @@ func (u *Uplink) handOver(h handover, connected bool, inflight int) error {
 			errs = append(errs, err)
 		}
 	}
-	u.spill("handing over")
-	st := u.opts.Spool.Stats()
-	if st.Memory > 0 {
-		errs = append(errs, fmt.Errorf("%d records are held in memory only, flash cannot take them (%s): the end of this process loses them",
-			st.Memory, st.Fault))
+	if err := u.opts.Spool.Sync(); err != nil {
+		errs = append(errs, fmt.Errorf("%w: the end of this process loses them", err))
 	}
+	st := u.opts.Spool.Stats()
 	if connected {
 		if err := u.sayUpgrading(h); err != nil {
 			errs = append(errs, err)

@@ -765,6 +765,29 @@ func (s *Spool) syncLocked() {
 	}
 }
 
+// Sync writes every record held in memory and not yet acknowledged to flash
+// (new records go there too, as after Spill, until Resume) and fsyncs the
+// segments and the directory now, whatever FsyncInterval says: what a
+// process about to replace itself with exec calls, since its fsync timer
+// dies with it. The spool stays open. When flash cannot be written it tries
+// once, whatever RetryInterval says, and returns the fault; the records it
+// could not write stay in memory (Stats.Memory).
+func (s *Spool) Sync() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errClosed
+	}
+	s.persist, s.retryAt = true, time.Time{}
+	s.tend()
+	s.syncLocked()
+	if s.fault != nil {
+		n, _ := waiting(s.mem)
+		return fmt.Errorf("spool: %d records held in memory could not reach flash: %w", n, s.fault)
+	}
+	return nil
+}
+
 // Close writes what memory holds to flash, syncs and closes the segments, so
 // that a clean stop loses nothing. When flash is faulted it tries once more,
 // whatever RetryInterval says, and returns after that one attempt: the

@@ -276,3 +276,25 @@ func FuzzRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestSyncHandsTheSpoolToTheNextImage: what memory holds is on flash after
+// Sync, for a spool opened on the same directory by the process that
+// replaces this one (exec: this one is never closed); records put after
+// Sync go to flash as well.
+func TestSyncHandsTheSpoolToTheNextImage(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, 0)
+	put(t, s, 1, 20, 100)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, 21, 25, 100)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	next := open(t, dir, 0)
+	got := drain(t, next, 100)
+	if len(got) != 25 || got[0] != 1 || got[24] != 25 {
+		t.Fatalf("the next image found %v", got)
+	}
+}
