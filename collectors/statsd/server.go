@@ -2,13 +2,13 @@ package statsd
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -24,16 +24,25 @@ import (
 )
 
 const (
-	// maxDatagram is the read buffer per datagram: above any MTU a StatsD
-	// client targets (1432 on the internet, 8932 with jumbo frames) except
-	// loopback's 65 k, which clients do not fill. Longer ones are counted as
-	// truncated.
-	maxDatagram = 9216
+	// maxDatagram is the read buffer per datagram: any UDP datagram fits
+	// (65,507 bytes of payload over IPv4, 65,527 over IPv6), as Telegraf
+	// and statsd_exporter read up to 64 KiB. A unix datagram can be longer;
+	// its cut last line is refused as truncated, the lines before it count.
+	maxDatagram = 64 << 10
 	// batchSize datagrams are read per recvmmsg call, and batches circulate
 	// between the reader and the parser, so the reader keeps reading while a
-	// batch is parsed.
+	// batch is parsed. The buffers are one mapping outside the Go heap
+	// (batches × batchSize × maxDatagram = 8 MiB of address space) of which
+	// only the pages datagrams are written into become resident.
 	batchSize = 32
 	batches   = 4
+	// keepResident bytes of a buffer stay resident once written: a datagram
+	// longer than that (beyond what MTU-sized and DogStatsD's 8 KiB unix
+	// socket clients send) has the rest of its pages returned to the kernel
+	// once parsed, and the reader reads one datagram per call until they are
+	// short again. So short datagrams hold at most 1 MiB (128 × 8 KiB), and a
+	// flood of 64 KiB ones holds about 2 MiB more while it lasts.
+	keepResident = 8 << 10
 	// maxSamples bounds a timer's memory per interval: beyond it percentiles
 	// come from a uniform reservoir of this many samples (count, sum, min,
 	// max and mean stay exact).
@@ -56,8 +65,8 @@ type Options struct {
 // Stats are the server's own counters since it started.
 type Stats struct {
 	Datagrams  uint64
-	Metrics    uint64            // lines accepted
-	Rejected   map[string]uint64 // lines refused, by reason
+	Metrics    uint64            // metrics accepted: each value of a line counts
+	Rejected   map[string]uint64 // metrics refused, by reason
 	Series     int               // series held now
 	ReadBuffer int               // the socket's receive buffer as the kernel reports it
 }
@@ -102,22 +111,30 @@ type batch struct {
 func (s *Server) Run(ctx context.Context) error {
 	s.setReadBuffer()
 	reader := newBatchReader(s.conn)
+	mem, mapped, release := mapBuffers(batches * batchSize * maxDatagram)
+	defer release()
 	free := make(chan *batch, batches)
 	filled := make(chan *batch, batches)
-	for range batches {
+	for i := range batches {
 		b := &batch{msgs: make([]ipv4.Message, batchSize)}
-		for i := range b.msgs {
-			b.msgs[i].Buffers = [][]byte{make([]byte, maxDatagram)}
+		for j := range b.msgs {
+			off := (i*batchSize + j) * maxDatagram
+			b.msgs[j].Buffers = [][]byte{mem[off : off+maxDatagram : off+maxDatagram]}
 		}
 		free <- b
 	}
 
 	var wg sync.WaitGroup
 	var readErr error
+	// With pages larger than keepResident (64 KiB on some arm64 kernels)
+	// every buffer used holds a whole page: use fewer per call, so that the
+	// bound on what short datagrams hold stands.
+	most := max(1, batchSize*keepResident/max(os.Getpagesize(), keepResident))
 	wg.Go(func() {
 		defer close(filled)
+		n := most
 		for b := range free {
-			n, err := reader.ReadBatch(b.msgs, 0)
+			got, err := reader.ReadBatch(b.msgs[:n], 0)
 			if err != nil {
 				if errors.Is(err, net.ErrClosed) {
 					return
@@ -127,7 +144,15 @@ func (s *Server) Run(ctx context.Context) error {
 				}
 				return
 			}
-			b.n = n
+			b.n = got
+			// After a long datagram, read one at a time until they are short
+			// again: that bounds the pages long ones hold while in flight.
+			n = most
+			for _, m := range b.msgs[:got] {
+				if m.N > keepResident {
+					n = 1
+				}
+			}
 			filled <- b
 		}
 	})
@@ -138,9 +163,14 @@ func (s *Server) Run(ctx context.Context) error {
 			s.mu.Lock()
 			now := time.Now()
 			for _, m := range b.msgs[:b.n] {
-				s.datagram(m.Buffers[0][:m.N], m.Flags&unix.MSG_TRUNC != 0, now)
+				s.datagram(m.Buffers[0][:min(m.N, maxDatagram)], m.Flags&unix.MSG_TRUNC != 0, now)
 			}
 			s.mu.Unlock()
+			for _, m := range b.msgs[:b.n] {
+				if mapped && m.N > keepResident {
+					dropPages(m.Buffers[0], keepResident, m.N)
+				}
+			}
 			free <- b
 		}
 	}()
@@ -164,6 +194,31 @@ func (s *Server) Run(ctx context.Context) error {
 	return readErr
 }
 
+// mapBuffers returns size bytes of read buffers in one private anonymous
+// mapping: outside the Go heap, so the garbage collector neither scans them
+// nor counts them in its target, and resident only where written. release
+// unmaps them; nothing may touch them after. When the mapping fails they come
+// from the heap, and mapped is false.
+func mapBuffers(size int) (mem []byte, mapped bool, release func()) {
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANON)
+	if err != nil {
+		return make([]byte, size), false, func() {}
+	}
+	return mem, true, func() { _ = unix.Munmap(mem) }
+}
+
+// dropPages returns to the kernel the whole pages of buf between keep and
+// n bytes, which a datagram of n bytes wrote: they read as zeros afterwards
+// and cost nothing until written again.
+func dropPages(buf []byte, keep, n int) {
+	page := os.Getpagesize()
+	from := (keep + page - 1) / page * page
+	to := min((n+page-1)/page*page, len(buf))
+	if from < to {
+		_ = unix.Madvise(buf[from:to], unix.MADV_DONTNEED)
+	}
+}
+
 // datagram parses the lines of one datagram into the aggregates.
 func (s *Server) datagram(d []byte, trunc bool, now time.Time) {
 	s.datagrams.Add(1)
@@ -175,24 +230,33 @@ func (s *Server) datagram(d []byte, trunc bool, now time.Time) {
 			return
 		}
 	}
+	var p lineParser
 	var smp sample
+	var accepted uint64
 	for len(d) > 0 {
 		var line []byte
 		line, d = cut(d, '\n')
-		line = bytes.TrimSuffix(line, []byte{'\r'})
-		if len(line) == 0 {
+		if line = trimLine(line); len(line) == 0 {
 			continue
 		}
-		r := parseLine(line, &smp)
-		if r == ok {
-			r = s.agg.add(&smp, now)
+		looked := false // up a metric of this line
+		for p.reset(line); ; {
+			r, more := p.next(&smp)
+			if !more {
+				break
+			}
+			if r == ok {
+				smp.sameLine, looked = looked, true
+				r = s.agg.add(&smp, now)
+			}
+			if r != ok {
+				s.rejected[r].Add(1)
+				continue
+			}
+			accepted++
 		}
-		if r != ok {
-			s.rejected[r].Add(1)
-			continue
-		}
-		s.metrics.Add(1)
 	}
+	s.metrics.Add(accepted)
 }
 
 func (s *Server) flush() {
@@ -202,7 +266,10 @@ func (s *Server) flush() {
 	s.mu.Unlock()
 	// In name order, so that a flush reads (and compresses) the same way each time.
 	slices.SortFunc(points, func(a, b telemetry.Point) int {
-		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(tagString(a.Tags), tagString(b.Tags)))
+		if c := strings.Compare(a.Name, b.Name); c != 0 {
+			return c
+		}
+		return strings.Compare(tagString(a.Tags), tagString(b.Tags))
 	})
 	if len(points) > 0 && s.opts.Emit != nil {
 		s.opts.Emit(telemetry.Batch{Source: "statsd", Time: now, Points: points})
