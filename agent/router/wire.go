@@ -13,7 +13,9 @@ package router
 //	{"type": "error", "id": ID, "error": WHY}                  service → agent, a failed call
 //
 // A service that sends nothing for three intervals is deregistered; so is one
-// whose connection closes. One connection per name at a time.
+// whose connection closes, except when the agent reloads: the socket stays,
+// and a service that connects and registers again within 5 s (or three
+// intervals) keeps its registration. One connection per name at a time.
 
 // Decoding is bounded: a payload (msgp counts bytes as an array) at most
 // maxFrame, maps at most 8 fields.
