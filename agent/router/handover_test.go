@@ -328,6 +328,7 @@ func TestRestoredServiceNotBack(t *testing.T) {
 	if d := time.Since(start); !errors.Is(err, ErrNotRegistered) || d < 200*time.Millisecond {
 		t.Errorf("a call waiting for a service not back: %v after %v", err, d)
 	}
+	testenv.WaitFor(t, 2*time.Second, func() bool { return ev.has("gone", "deregistered") }, func() string { return "no event" })
 	ctxCall, cancelCall := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancelCall()
 	if _, err := r.Call(ctxCall, "slow", nil); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "reconnecting") {

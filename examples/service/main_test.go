@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -148,9 +149,9 @@ func TestReloads(t *testing.T) {
 	}
 	want := "service store registered (heartbeat every 100ms)\n" +
 		"service store deregistered: it did not register again within 5s of the agent's reload"
-	if got := ev.String(); got != want {
-		t.Errorf("events:\n%s\nwant\n%s", got, want)
-	}
+	testenv.WaitFor(t, 2*time.Second, func() bool { return ev.String() == want }, func() string {
+		return fmt.Sprintf("events:\n%s\nwant\n%s", ev, want)
+	})
 	if !strings.Contains(log.String(), "connection to the agent ended; registering again") {
 		t.Errorf("the example's log:\n%s", log.String())
 	}
