@@ -158,7 +158,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	instance := instanceID()
 	var disp *dispatch.Dispatcher // made below, once the uplink can carry its results
-	up, err := a.newUplink(st, sp, instance, func(env telemetry.Envelope) { disp.Handle(env) })
+	up, err := a.newUplink(st, sp, instance, func(env telemetry.Envelope) bool { disp.Handle(env); return true })
 	if err != nil {
 		sp.Close()
 		return err
@@ -249,7 +249,7 @@ func (a *Agent) openSpool(st *state) (*spool.Spool, error) {
 
 // newUplink prepares the MQTT session (Run connects); it fails only when
 // TLS is configured and its files cannot be read.
-func (a *Agent) newUplink(st *state, sp *spool.Spool, instance string, onCommand func(telemetry.Envelope)) (*uplink.Uplink, error) {
+func (a *Agent) newUplink(st *state, sp *spool.Spool, instance string, onCommand func(telemetry.Envelope) bool) (*uplink.Uplink, error) {
 	c := a.cfg.Uplink
 	up, err := uplink.New(uplink.Options{
 		Brokers: c.Brokers, Node: st.node, TopicPrefix: c.TopicPrefix, Username: c.Username, Password: c.Password,

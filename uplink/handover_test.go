@@ -24,13 +24,14 @@ type commandLog struct {
 	ids   []string
 }
 
-func (l *commandLog) onCommand(env telemetry.Envelope) {
+func (l *commandLog) onCommand(env telemetry.Envelope) bool {
 	time.Sleep(l.delay)
 	var c telemetry.Command
 	env.DecodeBody(&c)
 	l.mu.Lock()
 	l.ids = append(l.ids, c.ID)
 	l.mu.Unlock()
+	return true
 }
 
 func (l *commandLog) got() []string {

@@ -49,11 +49,12 @@ type Options struct {
 	Instance string
 	Log      *slog.Logger
 	// OnCommand receives each well-formed request from the command topic, on
-	// the uplink's goroutine: it must not block. A request is acknowledged to
-	// the broker only once OnCommand has it, so one that never reached it (the
-	// agent stopped or handed over first) is delivered again to the node's
-	// next session.
-	OnCommand func(telemetry.Envelope)
+	// the uplink's goroutine: it must not block, and reports whether it took
+	// the request. A request is acknowledged to the broker only once taken,
+	// so one that was not (the agent is quiescing for a reload), or never
+	// reached OnCommand (it stopped or handed over first), is delivered again
+	// to the node's next session.
+	OnCommand func(telemetry.Envelope) bool
 }
 
 // Status is the uplink as /status shows it.
@@ -462,8 +463,9 @@ func (u *Uplink) Run(ctx context.Context) error {
 			u.acked(r.seq)
 		case <-u.wake:
 		case m := <-u.inbound:
-			u.command(m.Payload())
-			m.Ack()
+			if u.command(m.Payload()) {
+				m.Ack()
+			}
 		case h := <-u.handovers:
 			h.done <- u.handOver(h, connected, inflight)
 			return nil
@@ -677,8 +679,10 @@ func (u *Uplink) Result(r telemetry.CommandResult) {
 }
 
 // command handles a message on the command topic: one that does not decode
-// is counted and reported as an event; a request goes to OnCommand.
-func (u *Uplink) command(payload []byte) {
+// is counted and reported as an event; a request goes to OnCommand. It
+// reports whether the message may be acknowledged (a malformed one may: it
+// would be refused again).
+func (u *Uplink) command(payload []byte) bool {
 	env, err := telemetry.Decode(payload)
 	if err == nil && env.Kind != telemetry.KindCommand {
 		err = fmt.Errorf("a %s on the command topic", env.Kind)
@@ -688,11 +692,9 @@ func (u *Uplink) command(payload []byte) {
 		u.log.Warn("malformed message on the command topic", "err", err, "bytes", len(payload))
 		u.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Warning, Kind: "uplink", Subject: u.topic("cmd"),
 			New: "malformed", Message: "refused a malformed command: " + text.EscapeString(err.Error())})
-		return
+		return true
 	}
-	if u.opts.OnCommand != nil {
-		u.opts.OnCommand(env)
-	}
+	return u.opts.OnCommand == nil || u.opts.OnCommand(env)
 }
 
 // Status returns the session's figures.
