@@ -173,6 +173,28 @@ func (d *Dispatcher) refuse(c telemetry.Command, why string) {
 	d.result(telemetry.CommandResult{ID: c.ID, Status: telemetry.StatusRefused, Reason: why, ExitCode: -1})
 }
 
+// Drain waits until every request taken has run and its result is out:
+// those queued run too, each within its own deadline. The caller stops
+// handing requests over first (a reload leaves new ones with the broker for
+// the next image). It returns ctx's error if ctx ends first.
+func (d *Dispatcher) Drain(ctx context.Context) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		d.mu.Lock()
+		busy := len(d.pending)
+		d.mu.Unlock()
+		if busy == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d requests still queued or running: %w", busy, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
 // stopping is why a request is refused once the agent stops.
 const stopping = "the agent is stopping; not run"
 

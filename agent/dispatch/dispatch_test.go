@@ -431,3 +431,27 @@ func TestResultsAreText(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainRunsWhatWasTaken: Drain returns once the running request and
+// the queued ones have run and answered, each once.
+func TestDrainRunsWhatWasTaken(t *testing.T) {
+	dir := pluginDir(t)
+	plugin(t, dir, "short", "sleep 0.2; echo done")
+	h := newHarness(t, dir, t.TempDir())
+	for i := range 6 { // four run, two wait in the queue
+		h.send(telemetry.Command{ID: fmt.Sprintf("q%d", i), Name: "short"})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.d.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range 6 {
+		id := fmt.Sprintf("q%d", i)
+		if r := h.results[id]; len(r) != 1 || r[0].Status != telemetry.StatusOK {
+			t.Errorf("%s: %+v", id, r)
+		}
+	}
+}
