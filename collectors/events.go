@@ -78,6 +78,23 @@ func (l *limiter) due(now time.Time) []telemetry.Event {
 	return out
 }
 
+// release returns every held event, whatever the tokens say (the process
+// is about to be replaced, and its buckets with it).
+func (l *limiter) release() []telemetry.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []telemetry.Event
+	for key, b := range l.buckets {
+		if b.pending != nil {
+			e := *b.pending
+			e.Suppressed = b.held - 1
+			out = append(out, e)
+		}
+		delete(l.buckets, key)
+	}
+	return out
+}
+
 func (l *limiter) refill(b *bucket, now time.Time) {
 	if elapsed := now.Sub(b.last); elapsed > 0 {
 		b.tokens = min(l.burst, b.tokens+float64(elapsed)/float64(l.every))

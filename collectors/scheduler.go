@@ -234,6 +234,15 @@ func (s *Scheduler) LastSuccess() time.Time {
 	return last
 }
 
+// ReleaseHeld sends every event the rate limit holds back now, for a
+// process about to be replaced by a new image of itself: its buckets go
+// with it, so the final state of each subject must leave before.
+func (s *Scheduler) ReleaseHeld() {
+	for _, e := range s.limiter.release() {
+		s.opts.Sink.Event(e)
+	}
+}
+
 // EventsDropped counts events superseded while rate limited.
 func (s *Scheduler) EventsDropped() uint64 { return s.limiter.dropped() }
 

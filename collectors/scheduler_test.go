@@ -185,3 +185,23 @@ func TestFailedWatchIsReportedAndRestarted(t *testing.T) {
 	testenv.WaitFor(t, 5*time.Second, func() bool { return w.calls.Load() == 2 && s.Status()[0].WatchError == "" },
 		func() string { return fmt.Sprintf("not restarted: %d calls, %+v", w.calls.Load(), s.Status()[0]) })
 }
+
+// TestReleaseHeldSendsTheFinalStates: before the process is replaced, the
+// events the limit holds back leave at once, each subject's latest with
+// its count, and none twice.
+func TestReleaseHeldSendsTheFinalStates(t *testing.T) {
+	rec := &recorder{}
+	s := New(Options{Sink: rec, EventBurst: 1, EventEvery: time.Hour, Log: quiet()})
+	for _, state := range []string{"down", "up", "down"} {
+		s.Event(telemetry.Event{Kind: "link", Subject: "eth0", New: state})
+	}
+	if n := len(rec.eventsOf("link")); n != 1 {
+		t.Fatalf("%d events passed the limit of 1", n)
+	}
+	s.ReleaseHeld()
+	s.ReleaseHeld()
+	got := rec.eventsOf("link")
+	if len(got) != 2 || got[1].New != "down" || got[1].Suppressed != 1 {
+		t.Fatalf("events %+v, want the held latest (down, 1 suppressed) once", got)
+	}
+}
