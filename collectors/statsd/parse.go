@@ -162,11 +162,10 @@ func (p *lineParser) next(s *sample) (r reason, more bool) {
 // readGroup reads the next group from p.rest: its values, type and sections.
 // The first one also finds the line's tags: in its sections, or else after it.
 func (p *lineParser) readGroup() {
-	defer p.findTags()
 	p.kind, p.rate, p.grpErr, p.inGroup, p.pending = 0, 1, ok, true, false
 	bar := bytes.IndexByte(p.rest, '|')
 	if bar < 0 {
-		p.vals, p.grpErr = p.rest, noType
+		p.vals, p.grpErr, p.tagsRead = p.rest, noType, true
 		return
 	}
 	p.vals = p.rest[:bar]
@@ -210,17 +209,9 @@ func (p *lineParser) readGroup() {
 	if term == ':' {
 		p.rest, p.pending = rest, true
 	}
-}
-
-// findTags looks for the line's tags after the first group, when its
-// sections had none.
-func (p *lineParser) findTags() {
-	if p.tagsRead {
-		return
-	}
-	p.tagsRead = true
-	if p.pending {
-		if i := tagStart(p.rest); i >= 0 {
+	if !p.tagsRead { // none in the first group's sections: after it, maybe
+		p.tagsRead = true
+		if i := tagStart(p.rest); p.pending && i >= 0 {
 			p.setTags(p.rest[i:])
 		}
 	}
@@ -330,28 +321,48 @@ const (
 // UTF-8.
 func checkTags(tags []byte) ([]byte, reason) {
 	n := 0
-	for rest := tags; len(rest) > 0; {
-		var tag []byte
-		if tag, rest = nextTag(rest); len(tag) == 0 {
-			continue
-		}
-		var class uint8
-		key := tag // up to the first ':'
-		for j, b := range tag {
-			class |= byteClass[b]
-			if b == ':' && len(key) == len(tag) {
-				key = tag[:j]
+	start, colon := 0, -1 // the tag's start and its first ':'
+	var class uint8
+	for i := 0; ; i++ {
+		if i < len(tags) {
+			if b := tags[i]; b != ',' && b != '|' {
+				class |= byteClass[b]
+				if b == ':' && colon < 0 {
+					colon = i
+				}
+				continue
 			}
 		}
-		switch {
-		case len(key) == 0 || class&control != 0:
-			return nil, badTags
-		case class&nonASCII != 0 && !utf8.Valid(tag):
-			return nil, invalidUTF8
-		case string(key) == typeTag:
-			return nil, reservedTag
+		// A tag ends at i; one '#' before it is dropped (as nextTag drops it).
+		if start < i && tags[start] == '#' {
+			start++
 		}
-		n++
+		if tag := tags[start:i]; len(tag) > 0 {
+			key := tag
+			if colon >= 0 {
+				key = tags[start:colon]
+			}
+			switch {
+			case len(key) == 0 || class&control != 0:
+				return nil, badTags
+			case class&nonASCII != 0 && !utf8.Valid(tag):
+				return nil, invalidUTF8
+			case string(key) == typeTag:
+				return nil, reservedTag
+			}
+			n++
+		}
+		if i == len(tags) {
+			break
+		}
+		if tags[i] == '|' { // the end of a section: on to the next tag section
+			j := tagStart(tags[i:])
+			if j < 0 {
+				break
+			}
+			i += j - 1
+		}
+		start, colon, class = i+1, -1, 0
 	}
 	if n == 0 {
 		return nil, ok
