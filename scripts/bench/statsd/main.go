@@ -1,8 +1,12 @@
 // Command statsd measures the embedded StatsD server's ingest over loopback:
 // the server runs in a child process pinned to one core (taskset, GOMAXPROCS=1),
 // the load generator on the other core (taskset -c 1) sends with sendmmsg. It reports the
-// highest rate reached, the loss at 70 % of it, and the rate with many
-// metrics per datagram.
+// highest rate reached, the loss at 70 % of it, the rate with many metrics
+// per datagram, and the rate with datagrams of 60 KB (what loopback clients
+// with a large buffer send), of many series and of one counter (where the
+// server's memory is mostly its read buffers); for each phase the server's
+// resident memory (VmRSS before and after, VmHWM the peak) and the lines it
+// refused as truncated.
 //
 //	go run ./scripts/bench/statsd [-duration 5s]
 package main
@@ -55,7 +59,8 @@ func main() {
 }
 
 // server is the child: it serves on an ephemeral port, prints it, then
-// prints the accepted count whenever asked (a line on stdin).
+// prints the accepted count, the receive buffer, the lines refused as
+// truncated and its VmRSS and VmHWM in KiB whenever asked (a line on stdin).
 func server() {
 	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -71,8 +76,28 @@ func server() {
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		st := s.Stats()
-		fmt.Println(st.Metrics, st.ReadBuffer)
+		rss, hwm := memory("/proc/self/status")
+		fmt.Println(st.Metrics, st.ReadBuffer, st.Rejected["truncated"], rss, hwm)
 	}
+}
+
+// memory reads VmRSS and VmHWM, in KiB, from a /proc/PID/status file.
+func memory(status string) (rss, hwm uint64) {
+	data, _ := os.ReadFile(status)
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseUint(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = n
+		case "VmHWM:":
+			hwm = n
+		}
+	}
+	return rss, hwm
 }
 
 type child struct {
@@ -103,32 +128,48 @@ func startServer() (*child, error) {
 	return c, nil
 }
 
-// accepted waits until the server's count stops moving, and returns it.
-func (c *child) accepted() (uint64, int) {
-	var last uint64
-	var rcvbuf int
+// report is what the server says when asked.
+type report struct {
+	accepted, truncated uint64
+	rcvbuf              int
+	rss, hwm            uint64 // KiB
+}
+
+func (c *child) ask() report {
+	fmt.Fprintln(c.in)
+	c.out.Scan()
+	f := strings.Fields(c.out.Text())
+	var r report
+	r.accepted, _ = strconv.ParseUint(f[0], 10, 64)
+	r.rcvbuf, _ = strconv.Atoi(f[1])
+	r.truncated, _ = strconv.ParseUint(f[2], 10, 64)
+	r.rss, _ = strconv.ParseUint(f[3], 10, 64)
+	r.hwm, _ = strconv.ParseUint(f[4], 10, 64)
+	return r
+}
+
+// settled waits until the server's count stops moving, and returns its report.
+func (c *child) settled() report {
+	var last report
 	for stable := 0; stable < 3; {
 		time.Sleep(100 * time.Millisecond)
-		fmt.Fprintln(c.in)
-		c.out.Scan()
-		f := strings.Fields(c.out.Text())
-		n, _ := strconv.ParseUint(f[0], 10, 64)
-		rcvbuf, _ = strconv.Atoi(f[1])
-		if n == last {
+		r := c.ask()
+		if r.accepted == last.accepted {
 			stable++
 		} else {
 			stable = 0
 		}
-		last = n
+		last = r
 	}
-	return last, rcvbuf
+	return last
 }
 
 func (c *child) stop() { c.cmd.Process.Kill(); c.cmd.Wait() }
 
-// datagrams builds n datagrams of perDatagram metrics each (a random count
-// from lo to hi when perDatagram is 0), drawn from 100 series of every type.
-func datagrams(n, lo, hi int) ([][]byte, int) {
+// datagrams builds n datagrams of lo to hi metrics each (a random count),
+// drawn from 100 series of every type, or all of one counter when one; with
+// fill > 0, each datagram instead holds as many metrics as fit in fill bytes.
+func datagrams(n, lo, hi, fill int, one bool) ([][]byte, int) {
 	r := rand.New(rand.NewPCG(1, 2))
 	types := []string{"c", "g", "ms", "h", "c|@0.5|#env:prod,zone:a"}
 	var out [][]byte
@@ -136,11 +177,19 @@ func datagrams(n, lo, hi int) ([][]byte, int) {
 	for range n {
 		k := lo + r.IntN(hi-lo+1)
 		var b []byte
-		for j := range k {
+		for j := 0; j < k || fill > 0; j++ {
+			line := fmt.Appendf(nil, "app.metric%d:%d|%s", r.IntN(100), r.IntN(1000), types[r.IntN(len(types))])
+			if one {
+				line = []byte("app.requests:1|c")
+			}
+			if fill > 0 && len(b)+1+len(line) > fill {
+				k = j
+				break
+			}
 			if j > 0 {
 				b = append(b, '\n')
 			}
-			b = fmt.Appendf(b, "app.metric%d:%d|%s", r.IntN(100), r.IntN(1000), types[r.IntN(len(types))])
+			b = append(b, line...)
 		}
 		out = append(out, b)
 		metrics += k
@@ -190,13 +239,17 @@ func send(addr string, set [][]byte, d time.Duration, rate float64) (uint64, err
 
 type phase struct {
 	name           string
-	lo, hi         int
+	lo, hi, fill   int
+	one            bool    // one counter: the server's memory is then mostly its buffers
 	rate           float64 // datagrams/s; 0: flat out
 	sent, accepted uint64
 	perDatagram    int
 	seconds        float64
 	kernelDrops    uint64
 	rcvbuf         int
+	truncated      uint64 // lines refused as truncated
+	rssIdle, rss   uint64 // KiB, before and after the load
+	hwm            uint64 // KiB, the peak
 }
 
 func measure(p *phase, d time.Duration) error {
@@ -205,8 +258,10 @@ func measure(p *phase, d time.Duration) error {
 		return err
 	}
 	defer c.stop()
-	set, per := datagrams(4096, p.lo, p.hi)
+	set, per := datagrams(4096, p.lo, p.hi, p.fill, p.one)
 	p.perDatagram = per
+	time.Sleep(time.Second) // started and idle
+	p.rssIdle = c.ask().rss
 	before, _ := nic.ReadUDPStats("/proc")
 	start := time.Now()
 	sentD, err := send(c.addr, set, d, p.rate)
@@ -214,7 +269,8 @@ func measure(p *phase, d time.Duration) error {
 		return err
 	}
 	p.seconds = time.Since(start).Seconds()
-	p.accepted, p.rcvbuf = c.accepted()
+	r := c.settled()
+	p.accepted, p.rcvbuf, p.truncated, p.rss, p.hwm = r.accepted, r.rcvbuf, r.truncated, r.rss, r.hwm
 	after, _ := nic.ReadUDPStats("/proc")
 	p.kernelDrops = after.RcvbufErrors - before.RcvbufErrors
 	// Exact count of metrics sent: datagrams cycle through set in order.
@@ -245,9 +301,18 @@ func run(d time.Duration) error {
 	if err := measure(multi, d); err != nil {
 		return err
 	}
+	large := &phase{name: "60 KB datagrams, flat out", fill: 60000}
+	if err := measure(large, d); err != nil {
+		return err
+	}
+	largeOne := &phase{name: "60 KB datagrams of one counter, flat out", fill: 60000, one: true}
+	if err := measure(largeOne, d); err != nil {
+		return err
+	}
 	fmt.Printf("StatsD ingest over loopback, server on core 0 (GOMAXPROCS=1), generator on core 1, %s per phase\n\n", d)
 	fmt.Printf("| phase | metrics sent | accepted | lost | kernel drops | accepted/s | target |\n|---|---|---|---|---|---|---|\n")
-	for _, p := range []*phase{flat, paced, multi} {
+	phases := []*phase{flat, paced, multi, large, largeOne}
+	for _, p := range phases {
 		target := ""
 		switch p {
 		case flat:
@@ -256,6 +321,8 @@ func run(d time.Duration) error {
 			target = verdict(p.accepted == p.sent, "zero loss")
 		case multi:
 			target = verdict(float64(p.accepted)/p.seconds >= 1e6, "≥ 1M/s")
+		case large, largeOne:
+			target = verdict(p.truncated == 0, "none truncated")
 		}
 		fmt.Printf("| %s | %d | %d | %d | %d | %.0f | %s |\n", p.name, p.sent, p.accepted, p.sent-p.accepted,
 			p.kernelDrops, float64(p.accepted)/p.seconds, target)
@@ -263,7 +330,13 @@ func run(d time.Duration) error {
 	if flat.sent == flat.accepted {
 		fmt.Println("\nThe flat-out single-metric phase lost nothing: the generator's core, not the server, set that rate; the server's ceiling is higher.")
 	}
-	fmt.Printf("\nreceive buffer granted: %d bytes; mean metrics per datagram in the last phase: %d\n", multi.rcvbuf, multi.perDatagram)
+	fmt.Printf("\nreceive buffer granted: %d bytes; mean metrics per datagram: %d (10-50 phase), %d (60 KB phase)\n",
+		multi.rcvbuf, multi.perDatagram, large.perDatagram)
+	fmt.Printf("\nServer memory (KiB; VmRSS idle before the load and after it, VmHWM the peak) and lines refused as truncated:\n\n")
+	fmt.Printf("| phase | RSS idle | RSS after | RSS peak | truncated |\n|---|---|---|---|---|\n")
+	for _, p := range phases {
+		fmt.Printf("| %s | %d | %d | %d | %d |\n", p.name, p.rssIdle, p.rss, p.hwm, p.truncated)
+	}
 	return nil
 }
 
