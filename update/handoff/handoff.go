@@ -1,10 +1,3 @@
-// Package handoff is the registry of the agent's listening sockets. Servers
-// never open their own: the wiring asks for a listener by name, and gets the
-// one this process inherited (the systemd convention: LISTEN_FDS,
-// LISTEN_FDNAMES, LISTEN_PID; fds from 3 on) when its type, family and
-// address match what is asked for, or else a freshly bound one. Inheriting is
-// how an upgrade hands its sockets to the next process without dropping a
-// packet, and how socket activation works.
 package handoff
 
 import (
@@ -16,12 +9,40 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// firstFD is where inherited sockets start (after stdin, stdout and stderr).
-const firstFD = 3
+const (
+	// firstFD is where passed descriptors start (after stdin, stdout and
+	// stderr).
+	firstFD = 3
+	// maxFDs bounds LISTEN_FDS.
+	maxFDs = 64
+	// unlinkVar lists, among the passed descriptors, the unix sockets that an
+	// image of this program bound, whose files are removed when the socket is
+	// let go (see Stop). Sockets systemd activates are not in it.
+	unlinkVar = "HANDOFF_UNLINK"
+	// fillerPrefix begins the names of descriptors that Exec passes only to
+	// keep the numbering (see Exec); FromEnv closes them.
+	fillerPrefix = "handoff.filler."
+)
+
+// ExecFailedStatus is the exit status of a process whose Exec failed after
+// overwriting descriptors, and which therefore cannot go on: the init system
+// starts the agent again.
+const ExecFailedStatus = 75 // EX_TEMPFAIL
+
+// isListenVar reports whether k is one of the variables that announce
+// passed descriptors (LISTEN_PIDFDID: systemd 254 and later).
+func isListenVar(k string) bool {
+	switch k {
+	case "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "LISTEN_PIDFDID", unlinkVar:
+		return true
+	}
+	return false
+}
 
 // Socket describes one socket handed out by the registry.
 type Socket struct {
@@ -30,82 +51,146 @@ type Socket struct {
 	Inherited bool   `json:"inherited"` // false: bound by this process
 }
 
-// Registry hands out listening sockets by name. It is safe for concurrent use.
+// Registry hands out listening sockets by name and keeps, in the order they
+// were handed out, a duplicate (close-on-exec) of each and of every
+// file given to Keep or claimed with File: those are what Exec passes on. It
+// is safe for concurrent use.
 type Registry struct {
 	log *slog.Logger
 
 	mu        sync.Mutex
-	inherited map[string]*os.File // not yet claimed
-	handed    []Socket
+	inherited map[string]inherited // announced, not yet claimed
+	kept      []*kept
 }
 
-// FromEnv takes the sockets this process inherited and clears the variables
-// that announced them, so that children do not believe they own them too.
-// Sockets announced for another pid (LISTEN_PID) are ignored, as systemd's
-// sd_listen_fds does. Malformed variables are an error naming them; the
-// registry is still usable and binds fresh sockets.
+// inherited is a descriptor announced in LISTEN_FDNAMES.
+type inherited struct {
+	file  *os.File
+	owned bool // named in unlinkVar
+}
+
+// kept is a descriptor that Exec passes on.
+type kept struct {
+	name   string
+	file   *os.File // the registry's own
+	socket *Socket  // nil: a file given to Keep or claimed with File
+	unlink string   // the socket file to remove when it is let go; "" when not ours
+}
+
+// FromEnv takes the descriptors this process inherited and clears the
+// variables that announced them, so that children do not believe they own
+// them too. It first sets close-on-exec on every descriptor above 2, so that
+// none reaches a child, whatever follows; call it before starting any. It
+// takes nothing announced for another pid or without LISTEN_PID (required,
+// as by systemd's sd_listen_fds), and closes Exec's fillers at once.
+// Malformed variables are an error naming them; announced descriptors that
+// cannot be named are closed (so that their addresses can be bound afresh),
+// and the registry is usable either way.
 func FromEnv(log *slog.Logger) (*Registry, error) {
-	r := &Registry{log: log, inherited: map[string]*os.File{}}
-	count, names, pid := os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_FDNAMES"), os.Getenv("LISTEN_PID")
-	for _, k := range []string{"LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"} {
-		os.Unsetenv(k)
+	r := &Registry{log: log, inherited: map[string]inherited{}}
+	var err error
+	if e := closeOnExecAbove2(); e != nil {
+		err = fmt.Errorf("set close-on-exec on inherited descriptors: %w", e)
 	}
-	if count == "" {
-		return r, nil
+	count, names, pid, unlink := os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_FDNAMES"), os.Getenv("LISTEN_PID"), os.Getenv(unlinkVar)
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); isListenVar(k) {
+			os.Unsetenv(k)
+		}
 	}
-	if pid != "" && pid != strconv.Itoa(os.Getpid()) {
-		return r, nil
+	if count == "" || pid != strconv.Itoa(os.Getpid()) {
+		return r, err
 	}
-	n, err := strconv.Atoi(count)
-	if err != nil || n < 0 || n > 64 {
-		return r, fmt.Errorf("LISTEN_FDS=%q: want a count from 0 to 64", count)
+	n, e := strconv.Atoi(count)
+	if e != nil || n < 0 || n > maxFDs {
+		return r, errors.Join(err, fmt.Errorf("LISTEN_FDS=%q: want a count from 0 to %d", count, maxFDs))
+	}
+	if n == 0 {
+		return r, err
 	}
 	list := strings.Split(names, ":")
-	if names == "" || len(list) != n {
-		return r, fmt.Errorf("LISTEN_FDNAMES=%q names %d sockets, LISTEN_FDS=%d", names, len(list), n)
+	if len(list) != n {
+		for fd := firstFD; fd < firstFD+n; fd++ {
+			unix.Close(fd)
+		}
+		return r, errors.Join(err, fmt.Errorf("LISTEN_FDNAMES=%q names %d descriptors, LISTEN_FDS=%d; closed them", names, len(list), n))
+	}
+	owned := map[string]bool{}
+	for _, name := range strings.Split(unlink, ":") {
+		owned[name] = true
 	}
 	for i, name := range list {
 		fd := firstFD + i
-		unix.CloseOnExec(fd)
-		f := os.NewFile(uintptr(fd), name)
-		if _, dup := r.inherited[name]; dup || name == "" {
-			f.Close()
-			err = errors.Join(err, fmt.Errorf("LISTEN_FDNAMES: socket %d has an empty or repeated name %q; closed", fd, name))
+		if _, e := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); e != nil {
+			err = errors.Join(err, fmt.Errorf("LISTEN_FDNAMES: %q (fd %d): %w", name, fd, e))
 			continue
 		}
-		r.inherited[name] = f
+		if strings.HasPrefix(name, fillerPrefix) {
+			unix.Close(fd)
+			continue
+		}
+		f := os.NewFile(uintptr(fd), name)
+		if _, dup := r.inherited[name]; dup || checkName(name) != nil {
+			f.Close()
+			err = errors.Join(err, fmt.Errorf("LISTEN_FDNAMES: fd %d has an invalid or repeated name %q; closed", fd, name))
+			continue
+		}
+		r.inherited[name] = inherited{file: f, owned: owned[name]}
 	}
 	return r, err
 }
 
 // PacketConn returns the datagram socket called name, bound to address
-// ("host:port" for UDP, "unix:/path" for a unix datagram socket).
+// ("host:port" for UDP, "unix:/path" for a unix datagram socket). Asked
+// again for a name it handed out, it returns the same socket again.
 func (r *Registry) PacketConn(name, address string) (net.PacketConn, error) {
 	return obtain(r, name, address, unix.SOCK_DGRAM, "udp", "unixgram", net.FilePacketConn, net.ListenPacket)
 }
 
 // Listener returns the stream socket called name, listening on address
-// ("host:port" for TCP, "unix:/path" for a unix stream socket).
+// ("host:port" for TCP, "unix:/path" for a unix stream socket). Asked again
+// for a name it handed out, it returns the same socket again. Closing a unix
+// listener leaves its file (see Stop).
 func (r *Registry) Listener(name, address string) (net.Listener, error) {
 	return obtain(r, name, address, unix.SOCK_STREAM, "tcp", "unix", net.FileListener, net.Listen)
 }
 
-// obtain adopts the inherited socket called name when it matches, else binds
-// one with listen on inet or unixNet.
+// obtain hands out the socket called name: the one already kept under that
+// name or else the inherited one, when it matches address; else one bound
+// afresh with listen on inet or unixNet, of which it keeps a duplicate.
 func obtain[T any](r *Registry, name, address string, sotype int, inet, unixNet string,
 	adopt func(*os.File) (T, error), listen func(network, address string) (T, error)) (T, error) {
 	var zero T
+	if err := checkName(name); err != nil {
+		return zero, err
+	}
 	want, err := parseAddress(address, sotype)
 	if err != nil {
 		return zero, fmt.Errorf("socket %s: %w", name, err)
 	}
-	if f := r.claim(name, want); f != nil {
-		defer f.Close()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if k := r.find(name); k != nil {
+		if k.socket == nil {
+			return zero, fmt.Errorf("socket %s: the name is a kept file's", name)
+		}
+		if err := want.matches(int(k.file.Fd())); err == nil {
+			s, err := adopt(k.file)
+			if err != nil {
+				return zero, fmt.Errorf("socket %s: %w", name, err)
+			}
+			r.log.Info("listening again", "socket", name, "address", address)
+			return s, nil
+		}
+		r.drop(k)
+	}
+	if f, owned := r.claim(name, want); f != nil {
 		s, err := adopt(f)
 		if err != nil {
+			r.release(name, f, owned)
 			return zero, fmt.Errorf("socket %s: adopt inherited fd: %w", name, err)
 		}
-		r.record(name, address, true)
+		r.keep(name, f, &Socket{Name: name, Address: address, Inherited: true}, ownedPath(f, owned))
 		return s, nil
 	}
 	var s T
@@ -120,54 +205,236 @@ func obtain[T any](r *Registry, name, address string, sotype int, inet, unixNet 
 	if err != nil {
 		return zero, fmt.Errorf("socket %s: %w", name, err)
 	}
-	r.record(name, address, false)
+	if l, ok := any(s).(*net.UnixListener); ok {
+		l.SetUnlinkOnClose(false) // the next image serves it on: Stop removes it
+	}
+	f, err := dupFile(any(s).(syscall.Conn), name)
+	if err != nil {
+		any(s).(interface{ Close() error }).Close()
+		if want.family == unix.AF_UNIX {
+			os.Remove(want.path)
+		}
+		return zero, fmt.Errorf("socket %s: keep a copy: %w", name, err)
+	}
+	r.keep(name, f, &Socket{Name: name, Address: address}, want.path)
 	return s, nil
 }
 
-// Sockets lists what has been handed out, in order.
+// Keep keeps a duplicate of f, to be passed to the next image under name
+// (for a flock'd state directory: the new image takes it with File, and the
+// lock is never released). f stays the caller's; a lock on it stays held
+// while the registry's duplicate is open: until the process ends or Stop.
+func (r *Registry) Keep(name string, f *os.File) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, taken := r.inherited[name]; taken || r.find(name) != nil {
+		return fmt.Errorf("keep %s: the name is taken", name)
+	}
+	d, err := dupFile(f, name)
+	if err != nil {
+		return fmt.Errorf("keep %s: %w", name, err)
+	}
+	r.keep(name, d, nil, "")
+	return nil
+}
+
+// File returns a duplicate (close-on-exec, the caller's) of the descriptor
+// called name that this process inherited, of any kind, and keeps it for the
+// next image as Keep would. It returns nil, nil when nothing by that name was
+// inherited or it was claimed already.
+func (r *Registry) File(name string) (*os.File, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	in, ok := r.inherited[name]
+	if !ok {
+		return nil, nil
+	}
+	delete(r.inherited, name)
+	r.keep(name, in.file, nil, "") // even if no duplicate can be had: a lock on it stays held
+	d, err := dupFile(in.file, name)
+	if err != nil {
+		return nil, fmt.Errorf("inherited %s: %w", name, err)
+	}
+	r.log.Info("inherited", "file", name)
+	return d, nil
+}
+
+// Sockets lists the sockets handed out, in order.
 func (r *Registry) Sockets() []Socket {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]Socket(nil), r.handed...)
+	var out []Socket
+	for _, k := range r.kept {
+		if k.socket != nil {
+			out = append(out, *k.socket)
+		}
+	}
+	return out
 }
 
-// Close closes inherited sockets nobody asked for (a listener that the new
-// configuration no longer has).
+// Close closes what this process inherited and nobody claimed (a listener
+// that the new configuration no longer has; the file of a unix socket that an
+// image of this program bound goes too); what was handed out stays kept for
+// Exec.
 func (r *Registry) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for name, f := range r.inherited {
-		r.log.Info("closing inherited socket nobody uses", "socket", name)
-		f.Close()
-		delete(r.inherited, name)
+	for name, in := range r.inherited {
+		r.log.Info("closing inherited descriptor nobody uses", "name", name)
+		r.release(name, in.file, in.owned)
 	}
 }
 
-func (r *Registry) record(name, address string, inherited bool) {
+// Stop ends the registry at a stop that is not a reload, once the servers
+// have stopped: it closes every descriptor it holds (until then the sockets
+// stay open, and a client may connect to one nobody serves) and removes the
+// files of the unix sockets that this process or an earlier image of it
+// bound. Nothing is left for Exec.
+func (r *Registry) Stop() {
+	r.Close()
 	r.mu.Lock()
-	r.handed = append(r.handed, Socket{Name: name, Address: address, Inherited: inherited})
-	r.mu.Unlock()
-	r.log.Info("listening", "socket", name, "address", address, "inherited", inherited)
+	defer r.mu.Unlock()
+	for len(r.kept) > 0 {
+		r.drop(r.kept[0])
+	}
 }
 
-// claim takes the inherited socket called name if it is what want describes.
-// One that is not (the configuration changed across the upgrade) is closed
-// and reported, and the caller binds afresh.
-func (r *Registry) claim(name string, want address) *os.File {
-	r.mu.Lock()
-	f := r.inherited[name]
+// find returns the kept descriptor called name, or nil. r.mu is held.
+func (r *Registry) find(name string) *kept {
+	for _, k := range r.kept {
+		if k.name == name {
+			return k
+		}
+	}
+	return nil
+}
+
+// keep records f as the descriptor called name. r.mu is held.
+func (r *Registry) keep(name string, f *os.File, s *Socket, unlink string) {
+	r.kept = append(r.kept, &kept{name: name, file: f, socket: s, unlink: unlink})
+	if s != nil {
+		r.log.Info("listening", "socket", name, "address", s.Address, "inherited", s.Inherited)
+	}
+}
+
+// drop closes the kept descriptor k, removes its socket file if it is ours,
+// and forgets it. r.mu is held.
+func (r *Registry) drop(k *kept) {
+	k.file.Close()
+	removeSocketFile(r.log, k.name, k.unlink)
+	for i := range r.kept {
+		if r.kept[i] == k {
+			r.kept = append(r.kept[:i], r.kept[i+1:]...)
+			break
+		}
+	}
+}
+
+// release closes an inherited descriptor that is not kept, removing its
+// socket file if an image of this program bound it. r.mu is held.
+func (r *Registry) release(name string, f *os.File, owned bool) {
+	path := ownedPath(f, owned)
+	f.Close()
+	removeSocketFile(r.log, name, path)
 	delete(r.inherited, name)
-	r.mu.Unlock()
-	if f == nil {
-		return nil
+}
+
+// claim takes the inherited socket called name if it is what want
+// describes, reporting whether its file is ours. One that is not (the
+// configuration changed across the upgrade) is let go and reported, and the
+// caller binds afresh. r.mu is held.
+func (r *Registry) claim(name string, want address) (*os.File, bool) {
+	in, ok := r.inherited[name]
+	if !ok {
+		return nil, false
 	}
-	if err := want.matches(int(f.Fd())); err != nil {
+	delete(r.inherited, name)
+	if err := want.matches(int(in.file.Fd())); err != nil {
 		r.log.Warn("inherited socket does not match the configuration; binding a new one",
 			"socket", name, "reason", err)
-		f.Close()
-		return nil
+		r.release(name, in.file, in.owned)
+		return nil, false
 	}
-	return f
+	return in.file, in.owned
+}
+
+// checkName reports why name cannot name a passed descriptor, as systemd's
+// fdname_is_valid does: LISTEN_FDNAMES separates names with ':'.
+func checkName(name string) error {
+	if name == "" || len(name) > 255 {
+		return fmt.Errorf("name %q: want 1 to 255 characters", name)
+	}
+	if strings.HasPrefix(name, fillerPrefix) {
+		return fmt.Errorf("name %q: %s… is reserved", name, fillerPrefix)
+	}
+	for _, c := range []byte(name) {
+		if c < ' ' || c > '~' || c == ':' {
+			return fmt.Errorf("name %q: want printable ASCII without ':'", name)
+		}
+	}
+	return nil
+}
+
+// dupFile returns a close-on-exec duplicate of c's descriptor, without
+// touching c's blocking mode (as File.Fd would).
+func dupFile(c syscall.Conn, name string) (*os.File, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	cerr := rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, firstFD) })
+	if cerr != nil {
+		return nil, cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dup: %w", err)
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// closeOnExecListed sets close-on-exec on every descriptor above 2 that dir
+// (/proc/self/fd or /dev/fd) lists.
+func closeOnExecListed(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd) // EBADF: the directory's own, closed meanwhile
+		}
+	}
+	return nil
+}
+
+// ownedPath returns the file of the unix socket f when owned, else "".
+func ownedPath(f *os.File, owned bool) string {
+	if !owned {
+		return ""
+	}
+	if sa, err := unix.Getsockname(int(f.Fd())); err == nil {
+		if u, ok := sa.(*unix.SockaddrUnix); ok && u.Name != "" && u.Name[0] != '@' {
+			return u.Name
+		}
+	}
+	return ""
+}
+
+// removeSocketFile removes path if it is a socket file.
+func removeSocketFile(log *slog.Logger, name, path string) {
+	if path == "" {
+		return
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != os.ModeSocket {
+		return
+	}
+	if err := os.Remove(path); err != nil {
+		log.Warn("socket file not removed", "socket", name, "path", path, "err", err)
+	}
 }
 
 // address is a parsed listening address.

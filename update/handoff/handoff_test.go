@@ -1,202 +1,44 @@
 package handoff
 
 import (
-	"bufio"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
-// TestMain lets the test binary play the next process of an upgrade: with
-// HANDOFF_CHILD set it adopts its sockets through FromEnv and reports.
+// roles lets the test binary play another process (a previous or next image,
+// a child): TestMain runs the one HANDOFF_ROLE names instead of the tests.
+var roles = map[string]func(){}
+
 func TestMain(m *testing.M) {
-	if os.Getenv("HANDOFF_CHILD") != "" {
-		child()
-		return
+	if role := os.Getenv("HANDOFF_ROLE"); role != "" {
+		roles[role]()
+		os.Exit(0)
+	}
+	// A clean parent, as FromEnv makes the agent: the descriptors this
+	// process inherited (from a shell, a CI runner) do not reach its
+	// children, so a fresh one shows only what it opens itself.
+	if err := closeOnExecAbove2(); err != nil {
+		panic(err)
 	}
 	os.Exit(m.Run())
 }
 
-// child adopts "statsd" (datagram) and "http" (stream), prints how each was
-// obtained, then relays one datagram and serves one connection.
-func child() {
-	r, err := FromEnv(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		fmt.Println("fromenv error:", err)
-	}
-	if os.Getenv("LISTEN_FDS") != "" {
-		fmt.Println("LISTEN_FDS still set")
-	}
-	pc, err := r.PacketConn("statsd", os.Getenv("CHILD_STATSD"))
-	if err != nil {
-		fmt.Println("packetconn error:", err)
-		os.Exit(1)
-	}
-	l, err := r.Listener("http", os.Getenv("CHILD_HTTP"))
-	if err != nil {
-		fmt.Println("listener error:", err)
-		os.Exit(1)
-	}
-	for _, s := range r.Sockets() {
-		fmt.Printf("%s inherited=%v\n", s.Name, s.Inherited)
-	}
-	fmt.Println("ready", pc.LocalAddr(), l.Addr())
-	buf := make([]byte, 100)
-	n, _, err := pc.ReadFrom(buf)
-	if err != nil {
-		fmt.Println("read error:", err)
-		os.Exit(1)
-	}
-	fmt.Printf("datagram %q\n", buf[:n])
-	c, err := l.Accept()
-	if err != nil {
-		fmt.Println("accept error:", err)
-		os.Exit(1)
-	}
-	fmt.Fprint(c, "served by the child")
-	c.Close()
-}
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-type sockets struct {
-	udp  *net.UDPConn
-	tcp  *net.TCPListener
-	udpF *os.File
-	tcpF *os.File
-}
-
-func bindPair(t *testing.T) sockets {
+func newRegistry(t *testing.T) *Registry {
 	t.Helper()
-	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	r, err := FromEnv(discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	uf, _ := u.File()
-	lf, _ := l.File()
-	return sockets{u, l, uf, lf}
-}
-
-// startChild runs the child with files as fds 3, 4, … and returns its output
-// lines as they come.
-func startChild(t *testing.T, files []*os.File, names, statsd, http string) (*bufio.Scanner, *exec.Cmd) {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "HANDOFF_CHILD=1", "CHILD_STATSD="+statsd, "CHILD_HTTP="+http,
-		fmt.Sprintf("LISTEN_FDS=%d", len(files)), "LISTEN_FDNAMES="+names)
-	cmd.ExtraFiles = files
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return bufio.NewScanner(out), cmd
-}
-
-func expectLine(t *testing.T, sc *bufio.Scanner, prefix string) string {
-	t.Helper()
-	if !sc.Scan() {
-		t.Fatalf("child ended before %q", prefix)
-	}
-	if !strings.HasPrefix(sc.Text(), prefix) {
-		t.Fatalf("child said %q, want %q…", sc.Text(), prefix)
-	}
-	return sc.Text()
-}
-
-// TestInheritedSocketsKeepServing hands a bound UDP socket and a TCP listener
-// to a real child process: a datagram queued before the child even started,
-// and a connection made after the parent closed its copies, both reach it.
-func TestInheritedSocketsKeepServing(t *testing.T) {
-	s := bindPair(t)
-	udpAddr, tcpAddr := s.udp.LocalAddr().String(), s.tcp.Addr().String()
-	// Queued in the socket's buffer before the handoff: must not be lost.
-	sender, err := net.Dial("udp", udpAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sender.Close()
-	if _, err := sender.Write([]byte("sent before the handoff")); err != nil {
-		t.Fatal(err)
-	}
-
-	sc, _ := startChild(t, []*os.File{s.udpF, s.tcpF}, "statsd:http", udpAddr, tcpAddr)
-	// The parent lets go entirely, as an old process does when it exits.
-	s.udp.Close()
-	s.tcp.Close()
-	s.udpF.Close()
-	s.tcpF.Close()
-
-	expectLine(t, sc, "statsd inherited=true")
-	expectLine(t, sc, "http inherited=true")
-	ready := expectLine(t, sc, "ready ")
-	if want := "ready " + udpAddr + " " + tcpAddr; ready != want {
-		t.Fatalf("child listens on %q, want %q", ready, want)
-	}
-	expectLine(t, sc, `datagram "sent before the handoff"`)
-	c, err := net.DialTimeout("tcp", tcpAddr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	got, _ := io.ReadAll(c)
-	if string(got) != "served by the child" {
-		t.Fatalf("connection answered %q", got)
-	}
-}
-
-// TestMismatchedSocketsAreReboundNotAdopted passes sockets whose address or
-// type differ from the configuration: the child must bind new ones.
-func TestMismatchedSocketsAreReboundNotAdopted(t *testing.T) {
-	s := bindPair(t)
-	defer s.udp.Close()
-	defer s.tcp.Close()
-	// statsd is given the TCP listener (wrong type); http is given a listener on
-	// another port than configured (the config changed across the upgrade).
-	other, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantHTTP := other.Addr().String()
-	other.Close()
-	sc, _ := startChild(t, []*os.File{s.tcpF, s.tcpF}, "statsd:http", "127.0.0.1:0", wantHTTP)
-	expectLine(t, sc, "statsd inherited=false")
-	expectLine(t, sc, "http inherited=false")
-	ready := expectLine(t, sc, "ready ")
-	if !strings.HasSuffix(ready, " "+wantHTTP) {
-		t.Fatalf("child listens on %q, want http on %s", ready, wantHTTP)
-	}
-}
-
-func TestFromEnvRejectsMalformed(t *testing.T) {
-	for _, tc := range []struct{ fds, names, want string }{
-		{"x", "a", `LISTEN_FDS="x"`},
-		{"2", "a", `names 1 sockets, LISTEN_FDS=2`},
-	} {
-		t.Setenv("LISTEN_FDS", tc.fds)
-		t.Setenv("LISTEN_FDNAMES", tc.names)
-		r, err := FromEnv(slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("LISTEN_FDS=%s LISTEN_FDNAMES=%s: err = %v, want %q", tc.fds, tc.names, err, tc.want)
-		}
-		if r == nil {
-			t.Fatal("no registry returned")
-		}
-	}
+	t.Cleanup(r.Stop)
+	return r
 }
 
 // TestUnixDatagramReplacesStaleSocket binds where a dead process left its
@@ -212,7 +54,7 @@ func TestUnixDatagramReplacesStaleSocket(t *testing.T) {
 		t.Fatalf("no stale socket file to replace: %v", err)
 	}
 
-	r, _ := FromEnv(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r := newRegistry(t)
 	c, err := r.PacketConn("statsd", "unix:"+path)
 	if err != nil {
 		t.Fatalf("bind over a stale socket: %v", err)
@@ -220,5 +62,154 @@ func TestUnixDatagramReplacesStaleSocket(t *testing.T) {
 	defer c.Close()
 	if _, err := r.PacketConn("statsd2", "unix:"+path); err == nil {
 		t.Fatal("bound over a live socket")
+	}
+}
+
+// TestAskedAgainSameSocket asks twice for a name, as the agent does when a
+// server stopped with an error: the second answer is the same socket (the
+// registry's copy holds it, so binding afresh would fail), and it is listed
+// once. Asked with another address, the old socket is closed and a new one
+// bound.
+func TestAskedAgainSameSocket(t *testing.T) {
+	r := newRegistry(t)
+	l1, err := r.Listener("http", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l1.Addr().String()
+	l1.Close() // the server broke
+	l2, err := r.Listener("http", addr)
+	if err != nil {
+		t.Fatalf("asked again: %v", err)
+	}
+	defer l2.Close()
+	if l2.Addr().String() != addr {
+		t.Fatalf("asked again: listening on %s, want %s", l2.Addr(), addr)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if s := r.Sockets(); len(s) != 1 || s[0] != (Socket{Name: "http", Address: "127.0.0.1:0"}) {
+		t.Fatalf("Sockets() = %+v, want http once", s)
+	}
+
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := free.Addr().String()
+	free.Close()
+	l3, err := r.Listener("http", moved) // the configuration changed
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l3.Close()
+	l2.Close()
+	if l3.Addr().String() != moved {
+		t.Fatalf("asked for %s, got %s", moved, l3.Addr())
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Fatalf("the old socket %s still accepts connections", addr)
+	}
+}
+
+// TestStopRemovesBoundUnixSocket: closing a unix listener leaves its file
+// (a reload must not delete it); Stop removes it, and closes the socket.
+func TestStopRemovesBoundUnixSocket(t *testing.T) {
+	dir := t.TempDir()
+	r, err := FromEnv(discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, dgram := filepath.Join(dir, "control.sock"), filepath.Join(dir, "statsd.sock")
+	l, err := r.Listener("control", "unix:"+stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := r.PacketConn("statsd", "unix:"+dgram)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	pc.Close()
+	c, err := net.Dial("unix", stream)
+	if err != nil {
+		t.Fatalf("after the listener closed, before Stop: %v", err)
+	}
+	c.Close()
+	r.Stop()
+	for _, path := range []string{stream, dgram} {
+		if _, err := os.Lstat(path); !os.IsNotExist(err) {
+			t.Errorf("%s after Stop: %v, want it removed", path, err)
+		}
+	}
+	if len(r.Sockets()) != 0 {
+		t.Errorf("Sockets() after Stop = %+v", r.Sockets())
+	}
+}
+
+func TestNames(t *testing.T) {
+	r := newRegistry(t)
+	f, err := os.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := r.Keep("state", f); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, want string }{
+		{"state", "taken"},
+		{"", "1 to 255"},
+		{"a:b", "without ':'"},
+		{"tab\there", "printable"},
+		{strings.Repeat("x", 256), "1 to 255"},
+	} {
+		if err := r.Keep(tc.name, f); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Keep(%q) = %v, want an error saying %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := r.Listener("state", "127.0.0.1:0"); err == nil || !strings.Contains(err.Error(), "kept file") {
+		t.Errorf("a socket under a kept file's name: %v", err)
+	}
+	if _, err := r.Listener("a:b", "127.0.0.1:0"); err == nil {
+		t.Error("a socket named a:b was handed out; LISTEN_FDNAMES cannot carry it")
+	}
+	if got, err := r.File("state"); got != nil || err != nil {
+		t.Errorf("File(state) = %v, %v: nothing was inherited", got, err)
+	}
+}
+
+// TestFromEnvRejectsMalformed: variables that cannot be read are an error
+// naming them; ones for another process are ignored, as sd_listen_fds does.
+// (Malformed names, whose descriptors FromEnv closes, are tested in a child:
+// TestFromEnvLeaksNothing.)
+func TestFromEnvRejectsMalformed(t *testing.T) {
+	for _, tc := range []struct{ fds, pid, want string }{
+		{"x", "self", `LISTEN_FDS="x"`},
+		{"65", "self", `LISTEN_FDS="65"`},
+		{"2", "1", ""},
+		{"2", "", ""},
+	} {
+		pid := tc.pid
+		if pid == "self" {
+			pid = strconv.Itoa(os.Getpid())
+		}
+		t.Setenv("LISTEN_FDS", tc.fds)
+		t.Setenv("LISTEN_FDNAMES", "a:b")
+		t.Setenv("LISTEN_PID", pid)
+		r, err := FromEnv(discard)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("LISTEN_FDS=%s LISTEN_PID=%s: err = %v, want %q", tc.fds, pid, err, tc.want)
+		}
+		if r == nil {
+			t.Fatal("no registry returned")
+		}
+		if os.Getenv("LISTEN_FDS") != "" || os.Getenv("LISTEN_PID") != "" {
+			t.Errorf("LISTEN_FDS=%s LISTEN_PID=%s: the variables are still set", tc.fds, pid)
+		}
 	}
 }
