@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,8 @@ import (
 
 // Agent is one running edgeagent daemon.
 type Agent struct {
+	reloads  chan func() error                   // Reload's requests, with their check
+	reconfig chan func() (*config.Config, error) // Reconfigure's
 	cfg      *config.Config
 	log      *slog.Logger
 	level    *slog.LevelVar
@@ -44,7 +47,8 @@ type Agent struct {
 // log.output: stderr (w), syslog or a file. When that output cannot be
 // opened the agent logs to w and reports itself degraded.
 func New(cfg *config.Config, w io.Writer) *Agent {
-	a := &Agent{cfg: cfg, level: new(slog.LevelVar)}
+	a := &Agent{cfg: cfg, level: new(slog.LevelVar), reloads: make(chan func() error, 1),
+		reconfig: make(chan func() (*config.Config, error), 1)}
 	a.level.Set(parseLevel(cfg.Log.Level))
 	out, err := logOutput(cfg.Log.Output, w)
 	if err != nil {
@@ -131,104 +135,191 @@ func parseLevel(s string) slog.Level {
 	return l
 }
 
-// Run runs the agent until ctx is cancelled. Cancellation is a clean stop and
-// returns nil. It fails only when the agent would be useless (ErrUnusable:
-// no state directory, TLS configured without its files, a provisioned id
-// file that cannot be read) or another agent holds the state directory;
-// every optional part that is missing (a netlink
-// family, a port held by another daemon, smartctl, a read-only or full data
-// partition) degrades it instead, with the reason in the heartbeat and
-// /healthz, and is tried again until it works.
+// Run runs the agent until ctx is cancelled, or until a reload (Reload)
+// replaces it with a new image of itself in this process. Cancellation is a
+// clean stop and returns nil; a reload does not return unless it failed. Run
+// fails only when the agent would be useless (ErrUnusable: no state
+// directory, TLS configured without its files, a provisioned id file that
+// cannot be read) or another agent holds the state directory; every optional
+// part that is missing (a netlink family, a port held by another daemon,
+// smartctl, a read-only or full data partition) degrades it instead, with
+// the reason in the heartbeat and /healthz, and is tried again until it works.
+//
+// Its phases: open (state, sockets, spool, uplink, collectors, dispatcher),
+// start (servers, collectors, heartbeat, uplink), then stop, or quiesce and
+// hand over (reload.go).
 func (a *Agent) Run(ctx context.Context) error {
-	bi := buildinfo.Read("edgeagent")
-	st, err := openState(a.cfg, bi.Built(), a.log.With("component", "state"))
+	p, err := a.open()
 	if err != nil {
 		return err
 	}
-	defer st.close()
-	a.log.Info("edgeagent started", "version", bi.Version, "commit", bi.Commit,
-		"platform", bi.Platform(), "node", st.node, "state_dir", st.dir, "pid", os.Getpid())
+	defer p.close()
+	a.start(ctx, p)
+	for {
+		select {
+		case <-ctx.Done():
+			a.log.Info("edgeagent stopping", "reason", context.Cause(ctx))
+			a.stop(p)
+			return nil
+		case load := <-a.reconfig:
+			a.apply(p, load)
+		case check := <-a.reloads:
+			if err := check(); err != nil {
+				a.log.Error("reload refused; the agent runs on unchanged", "err", err)
+				p.st.markReload(err)
+				continue
+			}
+			return a.handOver(p)
+		}
+	}
+}
+
+// parts is what Run opened, for its phases.
+type parts struct {
+	bi       buildinfo.Info
+	st       *state
+	sockets  *handoff.Registry
+	sp       *spool.Spool
+	up       *uplink.Uplink
+	sched    *collectors.Scheduler
+	hl       *health
+	stat     *status
+	rt       *router.Router
+	disp     *dispatch.Dispatcher
+	console  *logSink
+	instance string
+	handed   *handover      // what the previous image handed over, if anything
+	gauges   []statsd.Gauge // what the StatsD server remembered when it stopped
+
+	closers   []func() error
+	quiescing atomic.Bool // commands are left with the broker for the next image
+
+	wg             sync.WaitGroup // producers: servers, collectors, heartbeat, dispatcher
+	stopProducers  context.CancelFunc
+	stopUplink     context.CancelFunc
+	upDone         chan error
+	routerSessions context.CancelFunc // the router's serving, ended apart from the producers at a reload
+}
+
+func (p *parts) close() {
+	for _, f := range slices.Backward(p.closers) {
+		f()
+	}
+}
+
+// open makes every part, in dependency order; nothing runs yet.
+func (a *Agent) open() (*parts, error) {
+	p := &parts{bi: buildinfo.Read("edgeagent"), instance: instanceID()}
 	sockets, err := handoff.FromEnv(a.log.With("component", "handoff"))
 	if err != nil {
-		a.log.Warn("inherited sockets ignored", "err", err)
+		a.log.Warn("inherited descriptors ignored", "err", err)
 	}
-	sp, err := a.openSpool(st)
+	p.sockets = sockets
+	p.st, err = openState(a.cfg, p.bi.Built(), sockets, a.log.With("component", "state"))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	instance := instanceID()
-	var disp *dispatch.Dispatcher // made below, once the uplink can carry its results
-	up, err := a.newUplink(st, sp, instance, func(env telemetry.Envelope) bool { disp.Handle(env); return true })
+	p.closers = append(p.closers, func() error { p.st.close(); return nil })
+	a.log.Info("edgeagent started", "version", p.bi.Version, "commit", p.bi.Commit, "platform", p.bi.Platform(),
+		"node", p.st.node, "state_dir", p.st.dir, "pid", os.Getpid(), "generation", p.st.generation)
+	p.handed = readHandover(p.st.dir, a.log)
+	if p.sp, err = a.openSpool(p.st); err != nil {
+		p.close()
+		return nil, err
+	}
+	p.up, err = a.newUplink(p.st, p.sp, p.instance, func(env telemetry.Envelope) bool {
+		if p.quiescing.Load() {
+			return false
+		}
+		p.disp.Handle(env)
+		return true
+	})
 	if err != nil {
-		sp.Close()
-		return err
+		p.sp.Close()
+		p.close()
+		return nil, err
 	}
-	console := &logSink{log: a.log.With("component", "telemetry")}
-	sched, closeCollectors := a.collectors(teeSink{up, console})
-	defer closeCollectors()
-	hl := newHealth(sched, a.log.With("component", "health"))
-	a.probeHealth(hl, st, sp, up)
-	if q := sp.Stats().Quarantined; q > 0 {
-		sched.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Warning, Kind: "spool", Subject: "segments",
+	p.console = &logSink{log: a.log.With("component", "telemetry")}
+	var closeCollectors func()
+	p.sched, closeCollectors = a.collectors(teeSink{p.up, p.console})
+	p.closers = append(p.closers, func() error { closeCollectors(); return nil })
+	p.hl = newHealth(p.sched, a.log.With("component", "health"))
+	a.probeHealth(p.hl, p.st, p.sp, p.up)
+	if q := p.sp.Stats().Quarantined; q > 0 {
+		p.sched.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Warning, Kind: "spool", Subject: "segments",
 			New: "quarantined", Message: fmt.Sprintf("%d spool segments could not be read (bad flash?) and were set aside; "+
 				"their records are lost", q)})
 	}
-	stat := &status{sched: sched, uplink: up, statsd: a.statsd.Load, sockets: sockets, seq: st.seq, health: hl,
-		node: st.node, version: bi.Version, started: time.Now()}
-	rt := router.New(sched.Event, a.log.With("component", "router"))
-	disp = a.newDispatcher(st, sched, sp, stat, rt, up)
-	stat.disp = disp
-	hl.probe(func() []problem {
-		if err := disp.Fault(); err != nil {
+	p.stat = &status{sched: p.sched, uplink: p.up, statsd: a.statsd.Load, sockets: sockets, seq: p.st.seq, health: p.hl,
+		node: p.st.node, version: p.bi.Version, started: time.Now()}
+	p.rt = router.New(p.sched.Event, a.log.With("component", "router"))
+	p.disp = a.newDispatcher(p.st, p.sched, p.sp, p.stat, p.rt, p.up)
+	p.stat.disp = p.disp
+	p.hl.probe(func() []problem {
+		if err := p.disp.Fault(); err != nil {
 			return []problem{{part: "commands", reason: "not persisted (a request repeated after a restart could run again): " + err.Error()}}
 		}
 		return nil
 	})
-
-	// Producers stop first; the uplink after them, so that the last StatsD
-	// flush and heartbeat still reach the spool. Until it runs, what is
-	// produced waits in the spool.
-	var wg sync.WaitGroup
-	producers, stopProducers := context.WithCancel(ctx)
-	defer stopProducers()
-	a.listen(producers, &wg, hl, sockets, rt, stat, sched)
-	sockets.Close() // inherited sockets the configuration no longer has
 	if iv := a.cfg.Collect.Agent; iv > 0 {
-		sched.Add(collectors.NewAgent(collectors.AgentOptions{Sysfs: a.cfg.Paths.Sysfs, Procfs: a.cfg.Paths.Procfs,
-			Scheduler: sched, StatsD: a.statsd.Load, Spool: spoolCounts(sp),
-			Escaped: func() uint64 { return up.Status().Escaped }}), iv, 0)
+		p.sched.Add(collectors.NewAgent(collectors.AgentOptions{Sysfs: a.cfg.Paths.Sysfs, Procfs: a.cfg.Paths.Procfs,
+			Scheduler: p.sched, StatsD: a.statsd.Load, Spool: spoolCounts(p.sp),
+			Escaped: func() uint64 { return p.up.Status().Escaped }}), iv, 0)
 	}
+	return p, nil
+}
+
+// start runs every part: the servers on their sockets, the collectors, the
+// heartbeat, the dispatcher and the uplink. Producers stop first and the
+// uplink after them, so that the last StatsD flush and heartbeat still reach
+// the spool; until it runs, what is produced waits in the spool.
+func (a *Agent) start(ctx context.Context, p *parts) {
+	producers, stop := context.WithCancel(ctx)
+	p.stopProducers = stop
+	// The router serves under its own context: at a reload it hands its
+	// services over first, then stops serving, before anything else stops.
+	routerCtx, stopRouter := context.WithCancel(producers)
+	p.routerSessions = stopRouter
+	if p.handed != nil && p.st.generation > 0 { // a reload: the services reconnect
+		p.rt.Restore(p.handed.Services)
+	}
+	a.listen(producers, routerCtx, &p.wg, p)
+	p.sockets.Close() // inherited sockets the configuration no longer has
 	bootID, err := host.New(a.cfg.Paths.Sysfs, a.cfg.Paths.Procfs).BootID()
 	if err != nil {
 		a.log.Warn("boot id unknown", "err", err)
 	}
-
 	upCtx, stopUplink := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopUplink()
-	upDone := make(chan error, 1)
-	go func() { upDone <- up.Run(upCtx) }()
+	p.stopUplink = stopUplink
+	p.upDone = make(chan error, 1)
+	go func() { p.upDone <- p.up.Run(upCtx) }()
 	started := time.Now()
-	wg.Go(func() { disp.Run(producers) })
-	wg.Go(func() { sched.Run(producers) })
-	wg.Go(func() { hl.watch(producers, healthEvery, sched.Event) })
-	wg.Go(func() { st.run(producers) })
-	wg.Go(func() {
-		sched.RunHeartbeat(producers, collectors.HeartbeatOptions{Node: st.node, Version: bi.Version, BootID: bootID,
-			Instance: instance, Interval: a.cfg.Heartbeat.Interval, Seq: st.seq, Started: started,
-			Spool: spoolCounts(sp), Health: hl.summary})
+	p.wg.Go(func() { p.disp.Run(producers) })
+	p.wg.Go(func() { p.sched.Run(producers) })
+	p.wg.Go(func() { p.hl.watch(producers, healthEvery, p.sched.Event) })
+	p.wg.Go(func() { p.st.run(producers) })
+	p.wg.Go(func() {
+		p.sched.RunHeartbeat(producers, collectors.HeartbeatOptions{Node: p.st.node, Version: p.bi.Version, BootID: bootID,
+			Instance: p.instance, Interval: a.cfg.Heartbeat.Interval, Seq: p.st.seq, Started: started,
+			Spool: spoolCounts(p.sp), Health: p.hl.summary})
 	})
-	<-ctx.Done()
-	a.log.Info("edgeagent stopping", "reason", context.Cause(ctx))
-	stopProducers()
-	wg.Wait()
-	stopUplink()
-	if err := <-upDone; err != nil {
+	p.st.markReady()
+}
+
+// stop is a clean stop: producers first, then the uplink (which flushes,
+// says offline and closes the spool), then the sockets (their unix paths
+// removed).
+func (a *Agent) stop(p *parts) {
+	p.stopProducers()
+	p.wg.Wait()
+	p.stopUplink()
+	if err := <-p.upDone; err != nil {
 		a.log.Error("uplink", "err", err)
 	}
-	a.log.Info("edgeagent stopped", "batches", console.batches.Load(), "points", console.points.Load(),
-		"events", console.events.Load(), "heartbeats", console.heartbeats.Load(), "next_seq", st.seq.Peek(),
-		"spooled", sp.Stats().Depth())
-	return nil
+	p.sockets.Stop()
+	a.log.Info("edgeagent stopped", "batches", p.console.batches.Load(), "points", p.console.points.Load(),
+		"events", p.console.events.Load(), "heartbeats", p.console.heartbeats.Load(), "next_seq", p.st.seq.Peek(),
+		"spooled", p.sp.Stats().Depth())
 }
 
 // openSpool opens the store-and-forward queue; it fails only when its
@@ -362,18 +453,24 @@ func instanceID() string {
 // listen starts the servers on their sockets: StatsD, the control socket
 // (service router) and the status endpoint. A socket that cannot be had
 // now (a port another daemon holds, an address not yet configured) is
-// tried again in the background while the part reports degraded.
-func (a *Agent) listen(ctx context.Context, wg *sync.WaitGroup, hl *health, sockets *handoff.Registry,
-	rt *router.Router, stat *status, sched *collectors.Scheduler) {
+// tried again in the background while the part reports degraded. The
+// router serves under routerCtx, which a reload ends before ctx.
+func (a *Agent) listen(ctx, routerCtx context.Context, wg *sync.WaitGroup, p *parts) {
 	if addr := a.cfg.StatsD.Listen; addr != "" {
-		retry(ctx, wg, hl, "statsd", func() (net.PacketConn, error) { return sockets.PacketConn("statsd", addr) },
+		retry(ctx, wg, p.hl, "statsd", func() (net.PacketConn, error) { return p.sockets.PacketConn("statsd", addr) },
 			func(conn net.PacketConn) error {
 				srv := statsd.New(conn, statsd.Options{
 					FlushInterval: a.cfg.StatsD.FlushInterval, MaxSeries: a.cfg.StatsD.MaxSeries,
-					ReadBuffer: int(a.cfg.StatsD.ReadBuffer), Emit: sched.Publish, Log: a.log.With("component", "statsd"),
+					ReadBuffer: int(a.cfg.StatsD.ReadBuffer), Emit: p.sched.Publish, Log: a.log.With("component", "statsd"),
 				})
+				if p.handed != nil {
+					srv.RestoreGauges(p.handed.Gauges)
+				}
 				a.statsd.Store(srv)
 				err := srv.Run(ctx)
+				if ctx.Err() != nil {
+					p.gauges = srv.Gauges() // for the next image, if this is a reload
+				}
 				a.statsd.Store(nil)
 				return logStopped(a.log, "statsd server", err)
 			})
@@ -382,12 +479,12 @@ func (a *Agent) listen(ctx context.Context, wg *sync.WaitGroup, hl *health, sock
 	if control == "" {
 		control = filepath.Join(a.cfg.Paths.StateDir, "control.sock")
 	}
-	retry(ctx, wg, hl, "control socket", func() (net.Listener, error) { return sockets.Listener("control", "unix:"+control) },
-		func(l net.Listener) error { return logStopped(a.log, "control socket", rt.Serve(ctx, l)) })
+	retry(ctx, wg, p.hl, "control socket", func() (net.Listener, error) { return p.sockets.Listener("control", "unix:"+control) },
+		func(l net.Listener) error { return logStopped(a.log, "control socket", p.rt.Serve(routerCtx, l)) })
 	if addr := a.cfg.HTTP.Listen; addr != "" {
-		retry(ctx, wg, hl, "http", func() (net.Listener, error) { return sockets.Listener("http", addr) },
+		retry(ctx, wg, p.hl, "http", func() (net.Listener, error) { return p.sockets.Listener("http", addr) },
 			func(l net.Listener) error {
-				return logStopped(a.log, "status endpoint", stat.serve(ctx, l, a.log.With("component", "http")))
+				return logStopped(a.log, "status endpoint", p.stat.serve(ctx, l, a.log.With("component", "http")))
 			})
 	}
 }

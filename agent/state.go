@@ -24,6 +24,7 @@ import (
 	"github.com/seed69aca190/edgeagent/internal/atomicfile"
 	"github.com/seed69aca190/edgeagent/internal/seqfile"
 	"github.com/seed69aca190/edgeagent/internal/timefloor"
+	"github.com/seed69aca190/edgeagent/update/handoff"
 )
 
 // ErrUnusable wraps what makes the agent useless, so that it must not start:
@@ -41,6 +42,9 @@ type state struct {
 	seq   *seqfile.Counter
 	node  string
 	log   *slog.Logger
+	// generation counts the images this process has run: 0 for a start,
+	// then one more at each reload (update/handoff keeps the pid).
+	generation int
 
 	mu        sync.Mutex
 	unsaved   map[string]error // what could not be persisted, and why
@@ -56,14 +60,16 @@ const seqBlock = 1000
 // clock just set must run steady before it is believed for good).
 const floorEvery = time.Hour
 
-func openState(cfg *config.Config, built time.Time, log *slog.Logger) (*state, error) {
+func openState(cfg *config.Config, built time.Time, sockets *handoff.Registry, log *slog.Logger) (*state, error) {
 	s := &state{dir: cfg.Paths.StateDir, log: log, unsaved: map[string]error{}}
+	s.generation, _ = strconv.Atoi(os.Getenv(generationEnv))
+	os.Unsetenv(generationEnv) // not for plugins
 	if err := os.MkdirAll(s.dir, 0o750); err != nil {
 		if _, serr := os.Stat(s.dir); serr != nil {
 			return nil, fmt.Errorf("%w: state directory %s does not exist and cannot be created: %v", ErrUnusable, s.dir, err)
 		}
 	}
-	if err := s.lockDir(); err != nil {
+	if err := s.lockDir(sockets); err != nil {
 		return nil, err
 	}
 	floor, err := timefloor.Open(filepath.Join(s.dir, "clock"), built)
@@ -86,8 +92,20 @@ func openState(cfg *config.Config, built time.Time, log *slog.Logger) (*state, e
 
 // lockDir takes an exclusive lock on the state directory itself, so that two
 // agents never share sequence numbers or a spool; a lock on the directory
-// works also when it is read-only. The pid goes into edgeagent.lock.
-func (s *state) lockDir() error {
+// works also when it is read-only. A reload hands the locked descriptor to
+// the next image (the lock is never released in between), which adopts it
+// here; it is kept in sockets for the next reload.
+func (s *state) lockDir(sockets *handoff.Registry) error {
+	inherited, err := sockets.File(lockName)
+	if err != nil {
+		// The registry holds the inherited lock still: a fresh lock would
+		// conflict with it. Stop; init starts the agent afresh.
+		return fmt.Errorf("adopt the state lock a reload handed over: %w", err)
+	}
+	if inherited != nil {
+		s.lock = inherited
+		return nil
+	}
 	d, err := os.Open(s.dir)
 	if err != nil {
 		return fmt.Errorf("%w: open state directory: %v", ErrUnusable, err)
@@ -95,16 +113,42 @@ func (s *state) lockDir() error {
 	if err := syscall.Flock(int(d.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		d.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			holder, _ := os.ReadFile(filepath.Join(s.dir, "edgeagent.lock"))
-			return fmt.Errorf("state dir %s is in use by another edgeagent (pid %s)", s.dir, strings.TrimSpace(string(holder)))
+			holder, _ := os.ReadFile(s.lockPath())
+			pid, _, _ := strings.Cut(string(holder), "\n")
+			return fmt.Errorf("state dir %s is in use by another edgeagent (pid %s)", s.dir, strings.TrimSpace(pid))
 		}
 		return fmt.Errorf("lock %s: %w", s.dir, err)
 	}
 	s.lock = d
-	if err := os.WriteFile(filepath.Join(s.dir, "edgeagent.lock"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o640); err != nil {
-		s.log.Warn("state directory not writable", "dir", s.dir, "err", err)
+	if err := sockets.Keep(lockName, d); err != nil {
+		s.log.Warn("state lock not kept for a reload", "err", err)
 	}
 	return nil
+}
+
+// lockName names the state directory's lock among the descriptors a reload
+// hands over.
+const lockName = "state-lock"
+
+func (s *state) lockPath() string { return filepath.Join(s.dir, "edgeagent.lock") }
+
+// markReady writes the lock file: the pid, then the generation that runs,
+// which `edgeagent reload` waits to see grow.
+func (s *state) markReady() {
+	s.writeLockFile("")
+}
+
+// markReload records why a reload was refused, for `edgeagent reload`.
+func (s *state) markReload(refused error) {
+	s.writeLockFile(fmt.Sprintf("reload refused (%s): %s", time.Now().UTC().Format(time.RFC3339Nano),
+		strings.ReplaceAll(refused.Error(), "\n", "; ")))
+}
+
+func (s *state) writeLockFile(note string) {
+	data := fmt.Sprintf("%d\n%d\n%s\n", os.Getpid(), s.generation, note)
+	if err := os.WriteFile(s.lockPath(), []byte(data), 0o640); err != nil {
+		s.log.Warn("state directory not writable", "dir", s.dir, "err", err)
+	}
 }
 
 func (s *state) close() {

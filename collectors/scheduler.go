@@ -55,14 +55,19 @@ type Scheduler struct {
 }
 
 type entry struct {
-	c        Collector
-	interval time.Duration
-	timeout  time.Duration
-	trigger  chan struct{}
-	log      *slog.Logger
+	c       Collector
+	trigger chan struct{}
+	log     *slog.Logger
 
 	mu     sync.Mutex
-	status Status
+	status Status // its Interval and Timeout are the schedule
+}
+
+// schedule returns the entry's interval and timeout.
+func (e *entry) schedule() (interval, timeout time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.status.Interval, e.status.Timeout
 }
 
 // New returns a scheduler with no collectors.
@@ -91,8 +96,7 @@ func (s *Scheduler) Add(c Collector, interval, timeout time.Duration) {
 		timeout = interval
 	}
 	s.entries = append(s.entries, &entry{
-		c: c, interval: interval, timeout: timeout,
-		trigger: make(chan struct{}, 1),
+		c: c, trigger: make(chan struct{}, 1),
 		log:     s.log.With("collector", c.Name()),
 		status:  Status{Name: c.Name(), Interval: interval, Timeout: timeout},
 	})
@@ -268,10 +272,26 @@ type result struct {
 	took   time.Duration
 }
 
+// SetInterval makes the named collector run every interval (its timeout
+// too) from its next run on: what a SIGHUP changes in place. It reports
+// whether there is such a collector.
+func (s *Scheduler) SetInterval(name string, interval time.Duration) bool {
+	for _, e := range s.entries {
+		if e.c.Name() == name {
+			e.mu.Lock()
+			e.status.Interval, e.status.Timeout = interval, interval
+			e.mu.Unlock()
+			return true
+		}
+	}
+	return false
+}
+
 // loop runs one collector: on its jittered tick and on CollectNow, never
 // two runs at once.
 func (s *Scheduler) loop(ctx context.Context, e *entry) {
-	jitter := e.interval / 20 // ±5 %: spreads a fleet's reports, keeps the rate
+	interval, timeout := e.schedule()
+	jitter := interval / 20 // ±5 %: spreads a fleet's reports, keeps the rate
 	timer := time.NewTimer(rand.N(jitter + 1))
 	defer timer.Stop()
 	var done chan result // non-nil while a run is in flight
@@ -284,12 +304,12 @@ func (s *Scheduler) loop(ctx context.Context, e *entry) {
 			return
 		}
 		done = make(chan result, 1) // buffered: a run that outlives the loop still ends
-		deadline = time.After(e.timeout)
+		deadline = time.After(timeout)
 		now := time.Now()
 		e.mu.Lock()
 		e.status.LastStart = now
 		e.mu.Unlock()
-		runCtx, cancel := context.WithTimeout(ctx, e.timeout)
+		runCtx, cancel := context.WithTimeout(ctx, timeout)
 		go func(done chan<- result) {
 			defer cancel()
 			r := &Report{Time: now}
@@ -309,13 +329,15 @@ func (s *Scheduler) loop(ctx context.Context, e *entry) {
 			}
 			return
 		case <-timer.C:
-			timer.Reset(e.interval + rand.N(2*jitter+1) - jitter)
+			interval, timeout = e.schedule()
+			jitter = interval / 20
+			timer.Reset(interval + rand.N(2*jitter+1) - jitter)
 			start()
 		case <-e.trigger:
 			start()
 		case <-deadline:
 			deadline = nil
-			s.finish(e, result{err: fmt.Errorf("timed out after %s", e.timeout), took: e.timeout}, true)
+			s.finish(e, result{err: fmt.Errorf("timed out after %s", timeout), took: timeout}, true)
 		case r := <-done:
 			timedOut := deadline == nil
 			done, deadline = nil, nil

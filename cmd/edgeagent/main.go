@@ -11,6 +11,7 @@ import (
 
 var commands = []cli.Command{
 	runCommand,
+	reloadCommand,
 	configCommand,
 	inventoryCommand,
 	pluginsCommand,

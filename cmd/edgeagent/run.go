@@ -71,7 +71,29 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err = agent.New(cfg, stderr).Run(ctx)
+	a := agent.New(cfg, stderr)
+	// SIGUSR1 reloads (a new image of the binary in this process, the
+	// configuration read again); SIGHUP applies what can change in place.
+	// Both read the configuration as this start did, flags included.
+	load := func() (*config.Config, error) { return loadRunConfig(flags, *configPath, values) }
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case sig := <-sigs:
+				if sig == syscall.SIGUSR1 {
+					a.Reload(func() error { _, err := load(); return err })
+				} else {
+					a.Reconfigure(load)
+				}
+			}
+		}
+	}()
+	err = a.Run(ctx)
 	switch {
 	case err == nil || errors.Is(err, context.Canceled):
 		return cli.ExitOK

@@ -19,11 +19,15 @@ import (
 // inherited "statsd" socket, and returns its log.
 func startAgent(t *testing.T, dir, cfg string, sock *os.File) (*exec.Cmd, *testenv.Buffer) {
 	t.Helper()
-	cmd := exec.Command(binary, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug", "--http", "")
+	args := []string{binary, "run", "--config", cfg, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug", "--http", ""}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = os.Environ()
 	if sock != nil {
+		// As systemd's socket activation: LISTEN_PID names the agent's pid,
+		// which the shell has and hands over by exec.
+		cmd = exec.Command("sh", append([]string{"-c", `LISTEN_PID=$$ exec "$@"`, "sh"}, args...)...)
 		cmd.ExtraFiles = []*os.File{sock}
-		cmd.Env = append(cmd.Env, "LISTEN_FDS=1", "LISTEN_FDNAMES=statsd")
+		cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "LISTEN_FDNAMES=statsd")
 	}
 	var log testenv.Buffer
 	cmd.Stderr = &log
@@ -89,7 +93,7 @@ collect:
 	cmd, log := startAgent(t, dir, cfg, sock)
 	sock.Close()
 	testenv.WaitFor(t, 10*time.Second, func() bool {
-		return regexp.MustCompile(`msg=batch component=telemetry source=statsd points=2 first="app.requests=3 app.requests\{env=test\}=4"`).MatchString(log.String()) &&
+		return regexp.MustCompile(`msg=batch component=telemetry source=statsd points=2 first="app.requests\{env=test,metric_type=counter\}=4 app.requests\{metric_type=counter\}=3"`).MatchString(log.String()) &&
 			len(seqs(log.String())) >= 3
 	}, func() string { return "no statsd batch or heartbeats:\n" + log.String() })
 	if !regexp.MustCompile(`socket=statsd address=` + regexp.QuoteMeta(addr) + ` inherited=true`).MatchString(log.String()) {

@@ -1,0 +1,197 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/seed69aca190/edgeagent/agent/config"
+	"github.com/seed69aca190/edgeagent/agent/router"
+	"github.com/seed69aca190/edgeagent/collectors/statsd"
+	"github.com/seed69aca190/edgeagent/internal/atomicfile"
+)
+
+// A reload replaces the running agent with a new image of its binary in the
+// same process (execve: the pid stays), handing its listening sockets and its
+// state directory's lock to it (update/handoff), so that no datagram,
+// connection, record, command or event is lost and the controller sees the
+// node "upgrading", never offline. The phases, in handOver's order:
+//
+//  1. commands: new requests are left with the broker (not acknowledged,
+//     delivered to the next image's session); those taken run and answer;
+//  2. local services are handed over (no deregistration), the router stops;
+//  3. producers stop: collectors, the heartbeat, StatsD (its window flushed,
+//     its gauges kept), the status endpoint (in-flight requests finish);
+//     events held by the rate limit leave;
+//  4. the uplink flushes, gets its PUBACKs, writes the spool to flash, says
+//     "upgrading" (retained) and disconnects cleanly (no last will);
+//  5. what the next image takes over is written (services, gauges);
+//  6. exec, with the sockets and the lock as LISTEN_FDS.
+//
+// Every socket's queue stays in the kernel throughout: the registry holds a
+// copy of each, so a server closing its own descriptor does not close it.
+
+// reloadBack is how long the controller is told to wait for the node.
+const reloadBack = 30 * time.Second
+
+// generationEnv counts the images this process has run, across reloads.
+const generationEnv = "EDGEAGENT_GENERATION"
+
+// handover is what one image leaves the next in the state directory.
+type handover struct {
+	Services []router.ServiceInfo `json:"services,omitempty"`
+	Gauges   []statsd.Gauge       `json:"gauges,omitempty"`
+}
+
+func handoverPath(dir string) string { return filepath.Join(dir, "handover.json") }
+
+// readHandover takes what the previous image handed over, and removes it so
+// that it is never taken twice; nil when there is none. A start that is not
+// a reload (init restarted the agent after a reload that failed) still takes
+// the gauges.
+func readHandover(dir string, log *slog.Logger) *handover {
+	path := handoverPath(dir)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	os.Remove(path)
+	var h handover
+	if err == nil {
+		err = json.Unmarshal(data, &h)
+	}
+	if err != nil {
+		log.Warn("hand-over from the previous image unreadable; its gauges and services are not restored", "err", err)
+		return nil
+	}
+	return &h
+}
+
+// Reload asks the running agent to replace itself with a new image of its
+// binary. check runs first, on Run's goroutine: when it fails (the
+// configuration does not check) the reload is refused with the reason in
+// the log and the state directory, and the agent runs on. It reports false
+// when a reload is already pending.
+func (a *Agent) Reload(check func() error) bool {
+	select {
+	case a.reloads <- check:
+		return true
+	default:
+		return false
+	}
+}
+
+// handOver quiesces the agent and replaces it in this process; it returns
+// only when that failed before the exec (the caller exits and init starts
+// the agent again, which finds everything on flash).
+func (a *Agent) handOver(p *parts) error {
+	began := time.Now()
+	a.log.Info("reloading: quiescing", "generation", p.st.generation)
+
+	p.quiescing.Store(true)
+	if err := p.disp.Drain(context.Background()); err != nil {
+		a.log.Warn("requests still running at the reload", "err", err)
+	}
+
+	routerCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	services := p.rt.Handover(routerCtx)
+	cancel()
+	p.routerSessions()
+
+	p.stopProducers()
+	p.wg.Wait()
+	p.sched.ReleaseHeld()
+
+	upCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if err := p.up.Handover(upCtx, reloadBack, ""); err != nil {
+		a.log.Warn("uplink hand-over incomplete", "err", err)
+	}
+	cancel()
+	<-p.upDone
+
+	data, err := json.Marshal(handover{Services: services, Gauges: p.gauges})
+	if err == nil {
+		err = atomicfile.WriteFile(handoverPath(p.st.dir), data, 0o640)
+	}
+	if err != nil {
+		a.log.Warn("hand-over not written; local services re-register and gauges start afresh", "err", err)
+	}
+	p.st.save()
+	if err := p.sp.Sync(); err != nil {
+		a.log.Error("spool not all on flash at the reload", "err", err)
+	}
+
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	env := append(withoutEnv(os.Environ(), generationEnv), generationEnv+"="+strconv.Itoa(p.st.generation+1))
+	a.log.Info("reloading: exec", "binary", exe, "quiesced_in", time.Since(began).Round(time.Millisecond))
+	return fmt.Errorf("reload: %w", p.sockets.Exec(exe, os.Args, env))
+}
+
+// withoutEnv returns env without the variable key.
+func withoutEnv(env []string, key string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, key+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// Reconfigure applies, in place, what can change without a reload from the
+// configuration load reads (again, at SIGHUP): the log level and the
+// collectors' intervals; turning a collector on or off is logged as needing
+// a reload, and a configuration that does not check is refused with the
+// reason in the log. It reports false when a request is already pending.
+func (a *Agent) Reconfigure(load func() (*config.Config, error)) bool {
+	select {
+	case a.reconfig <- load:
+		return true
+	default:
+		return false
+	}
+}
+
+// apply is Reconfigure's work, on Run's goroutine.
+func (a *Agent) apply(p *parts, load func() (*config.Config, error)) {
+	cfg, err := load()
+	if err != nil {
+		a.log.Error("configuration not applied; it does not check", "err", err)
+		return
+	}
+	if level := parseLevel(cfg.Log.Level); level != a.level.Level() {
+		a.log.Info("log level changed", "from", a.level.Level(), "to", level)
+		a.level.Set(level)
+	}
+	a.cfg.Log.Level = cfg.Log.Level
+	old, now := &a.cfg.Collect, cfg.Collect
+	for _, c := range []struct {
+		name string
+		old  *time.Duration
+		now  time.Duration
+	}{
+		{"host", &old.Host, now.Host}, {"disk", &old.Disk, now.Disk}, {"net", &old.Net, now.Net},
+		{"tunnel", &old.Tunnel, now.Tunnel}, {"process", &old.Process, now.Process},
+		{"smart", &old.Smart, now.Smart}, {"agent", &old.Agent, now.Agent},
+	} {
+		switch {
+		case *c.old == c.now:
+		case *c.old == 0 || c.now == 0:
+			a.log.Warn("turning a collector on or off takes a reload", "collector", c.name, "interval", c.now)
+		case p.sched.SetInterval(c.name, c.now):
+			a.log.Info("collector interval changed", "collector", c.name, "from", *c.old, "to", c.now)
+			*c.old = c.now
+		}
+	}
+}
