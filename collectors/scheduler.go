@@ -97,8 +97,8 @@ func (s *Scheduler) Add(c Collector, interval, timeout time.Duration) {
 	}
 	s.entries = append(s.entries, &entry{
 		c: c, trigger: make(chan struct{}, 1),
-		log:     s.log.With("collector", c.Name()),
-		status:  Status{Name: c.Name(), Interval: interval, Timeout: timeout},
+		log:    s.log.With("collector", c.Name()),
+		status: Status{Name: c.Name(), Interval: interval, Timeout: timeout},
 	})
 }
 
