@@ -282,6 +282,8 @@ func (a *Agent) start(ctx context.Context, p *parts) {
 	p.routerSessions = stopRouter
 	if p.handed != nil && p.st.generation > 0 { // a reload: the services reconnect
 		p.rt.Restore(p.handed.Services)
+		p.sched.CarryFailing(p.handed.Failing)
+		p.hl.carry(p.handed.Degraded)
 	}
 	a.listen(producers, routerCtx, &p.wg, p)
 	p.sockets.Close() // inherited sockets the configuration no longer has

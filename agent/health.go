@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -142,6 +143,21 @@ func (h *health) latest(stale time.Duration) []problem {
 			reason: fmt.Sprintf("the last check finished %s ago; a probe does not answer (failing flash?)", age.Round(time.Second))})
 	}
 	return probs
+}
+
+// reported returns the parts whose degradation was announced, for the next
+// image of the agent (carry), so that a reload does not announce them again.
+func (h *health) reported() map[string]telemetry.Health {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return maps.Clone(h.last)
+}
+
+// carry takes what the previous image had announced.
+func (h *health) carry(last map[string]telemetry.Health) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	maps.Copy(h.last, last)
 }
 
 // watch raises an event, once, when a part (other than a collector, whose

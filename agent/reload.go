@@ -17,6 +17,7 @@ import (
 	"github.com/seed69aca190/edgeagent/agent/router"
 	"github.com/seed69aca190/edgeagent/collectors/statsd"
 	"github.com/seed69aca190/edgeagent/internal/atomicfile"
+	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
 // A reload replaces the running agent with a new image of its binary in the
@@ -49,6 +50,10 @@ const generationEnv = "EDGEAGENT_GENERATION"
 type handover struct {
 	Services []router.ServiceInfo `json:"services,omitempty"`
 	Gauges   []statsd.Gauge       `json:"gauges,omitempty"`
+	// What the controller was told is wrong, so the next image does not
+	// announce it again: failing collectors, degraded parts.
+	Failing  []string                    `json:"failing,omitempty"`
+	Degraded map[string]telemetry.Health `json:"degraded,omitempty"`
 }
 
 func handoverPath(dir string) string { return filepath.Join(dir, "handover.json") }
@@ -117,7 +122,8 @@ func (a *Agent) handOver(p *parts) error {
 	cancel()
 	<-p.upDone
 
-	data, err := json.Marshal(handover{Services: services, Gauges: p.gauges})
+	data, err := json.Marshal(handover{Services: services, Gauges: p.gauges, Failing: p.sched.Failing(),
+		Degraded: p.hl.reported()})
 	if err == nil {
 		err = atomicfile.WriteFile(handoverPath(p.st.dir), data, 0o640)
 	}

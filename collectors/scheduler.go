@@ -272,6 +272,32 @@ type result struct {
 	took   time.Duration
 }
 
+// Failing lists the collectors whose last run failed, for the next image of
+// the agent (CarryFailing), so that a reload does not announce again what
+// the controller was told.
+func (s *Scheduler) Failing() []string {
+	var out []string
+	for _, st := range s.Status() {
+		if st.LastError != "" || st.Stuck {
+			out = append(out, st.Name)
+		}
+	}
+	return out
+}
+
+// CarryFailing marks the named collectors as failing, as the previous image
+// left them: their first run raises an event only if it recovers. Call it
+// before Run.
+func (s *Scheduler) CarryFailing(names []string) {
+	for _, e := range s.entries {
+		if slices.Contains(names, e.c.Name()) {
+			e.mu.Lock()
+			e.status.LastError = "failing before the reload"
+			e.mu.Unlock()
+		}
+	}
+}
+
 // SetInterval makes the named collector run every interval (its timeout
 // too) from its next run on: what a SIGHUP changes in place. It reports
 // whether there is such a collector.
