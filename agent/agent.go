@@ -190,6 +190,8 @@ type parts struct {
 	instance string
 	handed   *handover      // what the previous image handed over, if anything
 	gauges   []statsd.Gauge // what the StatsD server remembered when it stopped
+	// when it last read its socket
+	statsdLastRead time.Time
 
 	closers   []func() error
 	quiescing atomic.Bool // commands are left with the broker for the next image
@@ -308,10 +310,13 @@ func (a *Agent) start(ctx context.Context, p *parts) {
 	p.st.markReady()
 }
 
-// stop is a clean stop: producers first, then the uplink (which flushes,
-// says offline and closes the spool), then the sockets (their unix paths
-// removed).
+// stop is a clean stop: new commands are left with the broker (delivered
+// again after the restart), producers stop (requests still running are
+// stopped and answered, those queued refused), then the uplink (which
+// flushes, says offline and closes the spool), then the sockets (their unix
+// paths removed).
 func (a *Agent) stop(p *parts) {
+	p.quiescing.Store(true)
 	p.stopProducers()
 	p.wg.Wait()
 	p.stopUplink()
@@ -461,17 +466,24 @@ func (a *Agent) listen(ctx, routerCtx context.Context, wg *sync.WaitGroup, p *pa
 	if addr := a.cfg.StatsD.Listen; addr != "" {
 		retry(ctx, wg, p.hl, "statsd", func() (net.PacketConn, error) { return p.sockets.PacketConn("statsd", addr) },
 			func(conn net.PacketConn) error {
-				srv := statsd.New(conn, statsd.Options{
+				opts := statsd.Options{
 					FlushInterval: a.cfg.StatsD.FlushInterval, MaxSeries: a.cfg.StatsD.MaxSeries,
 					ReadBuffer: int(a.cfg.StatsD.ReadBuffer), Emit: p.sched.Publish, Log: a.log.With("component", "statsd"),
-				})
+				}
+				if p.handed != nil && !p.handed.StatsDLastRead.IsZero() {
+					last := p.handed.StatsDLastRead
+					opts.FirstRead = func(at time.Time) {
+						a.log.Info("statsd socket read again after the hand-over", "unread", at.Sub(last), "last_read", last)
+					}
+				}
+				srv := statsd.New(conn, opts)
 				if p.handed != nil {
 					srv.RestoreGauges(p.handed.Gauges)
 				}
 				a.statsd.Store(srv)
 				err := srv.Run(ctx)
-				if ctx.Err() != nil {
-					p.gauges = srv.Gauges() // for the next image, if this is a reload
+				if ctx.Err() != nil { // for the next image, if this is a reload
+					p.gauges, p.statsdLastRead = srv.Gauges(), srv.LastRead()
 				}
 				a.statsd.Store(nil)
 				return logStopped(a.log, "statsd server", err)
