@@ -54,6 +54,9 @@ type handover struct {
 	// announce it again: failing collectors, degraded parts.
 	Failing  []string                    `json:"failing,omitempty"`
 	Degraded map[string]telemetry.Health `json:"degraded,omitempty"`
+	// When the StatsD server last read its socket: the next image logs how
+	// long the socket went unread (under steady traffic, the reload's gap).
+	StatsDLastRead time.Time `json:"statsd_last_read,omitzero"`
 }
 
 func handoverPath(dir string) string { return filepath.Join(dir, "handover.json") }
@@ -123,7 +126,7 @@ func (a *Agent) handOver(p *parts) error {
 	<-p.upDone
 
 	data, err := json.Marshal(handover{Services: services, Gauges: p.gauges, Failing: p.sched.Failing(),
-		Degraded: p.hl.reported()})
+		Degraded: p.hl.reported(), StatsDLastRead: p.statsdLastRead})
 	if err == nil {
 		err = atomicfile.WriteFile(handoverPath(p.st.dir), data, 0o640)
 	}

@@ -59,7 +59,12 @@ type Options struct {
 	// Emit receives each flush's points. It must not keep the tag maps for
 	// writing: they are shared with later flushes.
 	Emit func(telemetry.Batch)
-	Log  *slog.Logger
+	// FirstRead, when set, is called once, from the reading goroutine, with
+	// the time the first datagrams were read: after a reload, the end of
+	// the time the socket went unread (the previous image's LastRead is its
+	// start).
+	FirstRead func(at time.Time)
+	Log       *slog.Logger
 }
 
 // Stats are the server's own counters since it started.
@@ -84,6 +89,7 @@ type Server struct {
 	datagrams, metrics atomic.Uint64
 	rejected           [numReasons]atomic.Uint64
 	readBuffer         atomic.Int64
+	lastRead           atomic.Int64 // unix nanoseconds
 }
 
 // New returns a server reading from conn; Run owns conn from then on.
@@ -145,6 +151,10 @@ func (s *Server) Run(ctx context.Context) error {
 				return
 			}
 			b.n = got
+			now := time.Now()
+			if s.lastRead.Swap(now.UnixNano()) == 0 && s.opts.FirstRead != nil {
+				s.opts.FirstRead(now)
+			}
 			// After a long datagram, read one at a time until they are short
 			// again: that bounds the pages long ones hold while in flight.
 			n = most
@@ -283,6 +293,15 @@ func tagString(tags map[string]string) string {
 		b.WriteString(k + "=" + tags[k] + ",")
 	}
 	return b.String()
+}
+
+// LastRead returns when datagrams were last read from the socket; zero
+// before the first.
+func (s *Server) LastRead() time.Time {
+	if ns := s.lastRead.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // Stats returns the server's counters.
