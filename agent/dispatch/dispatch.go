@@ -146,23 +146,53 @@ func (d *Dispatcher) Handle(env telemetry.Envelope) {
 		return
 	}
 	d.mu.Lock()
-	if d.stopped {
+	switch {
+	case d.stopped:
 		d.mu.Unlock()
 		d.refuse(c, stopping)
 		return
-	}
-	if d.pending[c.ID] { // redelivered while queued or running: it runs once
+	case d.pending[c.ID]: // redelivered while queued or running: it runs once
 		d.mu.Unlock()
 		return
-	}
-	select {
-	case d.queue <- c:
-		d.pending[c.ID] = true
+	case len(d.queue) == cap(d.queue):
 		d.mu.Unlock()
-	default:
-		d.mu.Unlock()
-		d.refuse(c, fmt.Sprintf("busy: %d requests running and %d queued", d.opts.Concurrency, d.opts.Queue))
+		d.refuse(c, d.busy())
+		return
 	}
+	d.pending[c.ID] = true
+	d.mu.Unlock()
+	// Marked before Handle returns, so before the broker has its
+	// acknowledgement: should the agent die while the request waits, the
+	// next one refuses it (it never ran) instead of losing it.
+	d.mark(c, queued)
+	d.mu.Lock()
+	if !d.stopped {
+		select {
+		case d.queue <- c:
+			d.mu.Unlock()
+			return
+		default:
+		}
+	}
+	why := d.busy()
+	if d.stopped {
+		why = stopping
+	}
+	d.mu.Unlock()
+	d.notRun(c, why)
+}
+
+func (d *Dispatcher) busy() string {
+	return fmt.Sprintf("busy: %d requests running and %d queued", d.opts.Concurrency, d.opts.Queue)
+}
+
+// notRun refuses a request taken but not started, and forgets it.
+func (d *Dispatcher) notRun(c telemetry.Command, why string) {
+	os.Remove(d.marker(c.ID))
+	d.mu.Lock()
+	delete(d.pending, c.ID)
+	d.mu.Unlock()
+	d.refuse(c, why)
 }
 
 // refuse answers a request that is not run. A refusal is not cached: the
@@ -223,7 +253,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 					return
 				case c := <-d.queue:
 					if ctx.Err() != nil { // both were ready: stopping wins
-						d.refuse(c, stopping)
+						d.notRun(c, stopping)
 						continue
 					}
 					d.execute(ctx, c)
@@ -238,7 +268,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	for {
 		select {
 		case c := <-d.queue:
-			d.refuse(c, stopping)
+			d.notRun(c, stopping)
 		default:
 			return nil
 		}
@@ -252,16 +282,9 @@ func (d *Dispatcher) execute(ctx context.Context, c telemetry.Command) {
 		d.mu.Unlock()
 	}()
 	// Marked before it runs: should the agent die now, the restarted one
-	// reports the request as interrupted instead of running it again. A
-	// state directory that cannot be written does not stop the request.
+	// reports the request as interrupted instead of running it again.
 	marker := d.marker(c.ID)
-	err := atomicfile.WriteFile(marker, fmt.Appendf(nil, "%s\n%d\n", c.ID, unixOrZero(c.ExpiresAt)), 0o640)
-	d.mu.Lock()
-	d.fault = err
-	d.mu.Unlock()
-	if err != nil {
-		d.opts.Log.Warn("request not marked as running; a restart now would not know it ran", "id", c.ID, "err", err)
-	}
+	d.mark(c, running)
 	timeout := d.opts.DefaultTimeout
 	if c.TimeoutSec > 0 {
 		timeout = time.Duration(c.TimeoutSec) * time.Second
@@ -304,13 +327,33 @@ func (d *Dispatcher) builtin(ctx context.Context, b Builtin, args []string) tele
 	return res
 }
 
-// marker names the file that says a request is running.
+// marker names the file that says a request was taken: queued or running.
 func (d *Dispatcher) marker(id string) string {
 	return filepath.Join(d.opts.CacheDir, hashID(id)+".running")
 }
 
-// interrupted answers requests that were running when the previous process
-// ended: they are not run again.
+// What a marker says of its request.
+const (
+	queued  = "queued"
+	running = "" // what markers always said before they said queued
+)
+
+// mark writes c's marker, durably: its id, its expiry and whether it is
+// queued or running. A state directory that cannot be written does not
+// stop the request; Fault says so.
+func (d *Dispatcher) mark(c telemetry.Command, state string) {
+	err := atomicfile.WriteFile(d.marker(c.ID), fmt.Appendf(nil, "%s\n%d\n%s\n", c.ID, unixOrZero(c.ExpiresAt), state), 0o640)
+	d.mu.Lock()
+	d.fault = err
+	d.mu.Unlock()
+	if err != nil {
+		d.opts.Log.Warn("request not marked as taken; a restart now would not know of it", "id", c.ID, "err", err)
+	}
+}
+
+// interrupted answers requests that the previous process had taken when it
+// ended: one that was running failed and is not run again; one still queued
+// never ran and is refused, not cached, so the controller may send it again.
 func (d *Dispatcher) interrupted() {
 	matches, _ := filepath.Glob(filepath.Join(d.opts.CacheDir, "*.running"))
 	for _, m := range matches {
@@ -318,10 +361,18 @@ func (d *Dispatcher) interrupted() {
 		if err != nil {
 			continue
 		}
-		id, rest, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+		fields := strings.Split(strings.TrimSpace(string(data)), "\n")
+		id := fields[0]
+		if len(fields) > 2 && fields[2] == queued {
+			os.Remove(m)
+			d.refuse(telemetry.Command{ID: id}, "the agent stopped before this request ran; not run")
+			continue
+		}
 		var expires time.Time
-		if sec, err := strconv.ParseInt(rest, 10, 64); err == nil && sec != 0 {
-			expires = time.Unix(sec, 0)
+		if len(fields) > 1 {
+			if sec, err := strconv.ParseInt(fields[1], 10, 64); err == nil && sec != 0 {
+				expires = time.Unix(sec, 0)
+			}
 		}
 		res := telemetry.CommandResult{ID: id, Status: telemetry.StatusFailed, ExitCode: -1,
 			Reason: "the agent stopped while this request ran; it is not run again"}

@@ -343,6 +343,67 @@ func TestInterruptedRequestIsNotRerun(t *testing.T) {
 	}
 }
 
+// TestTakenRequestsAreAnsweredAfterACrash: every request Handle took is
+// marked before Handle returns (before the broker has its
+// acknowledgement), so an agent that starts after one that died with
+// requests running and queued answers each exactly once: those that ran
+// failed and are not run again, the one that waited is refused (it never
+// ran; the controller may send it again).
+func TestTakenRequestsAreAnsweredAfterACrash(t *testing.T) {
+	dir := pluginDir(t)
+	plugin(t, dir, "slow", "sleep 1000")
+	cache := t.TempDir()
+	h1 := newHarness(t, dir, cache)
+	for i := range 5 { // four run, one waits
+		id := fmt.Sprintf("r%d", i)
+		h1.send(telemetry.Command{ID: id, Name: "slow"})
+		if _, err := os.Stat(h1.d.marker(id)); err != nil {
+			t.Fatalf("%s: not marked when Handle returned: %v", id, err)
+		}
+	}
+	testenv.WaitFor(t, 10*time.Second, func() bool {
+		started := 0
+		for i := range 5 {
+			data, _ := os.ReadFile(h1.d.marker(fmt.Sprintf("r%d", i)))
+			if !strings.HasSuffix(string(data), "\n"+queued+"\n") {
+				started++
+			}
+		}
+		return started == 4
+	}, func() string { return "four requests did not start" })
+	// The agent dies (h1 is left as it is, its plugins running until the
+	// test ends); the next one opens the same cache.
+	h2 := newHarness(t, dir, cache)
+	ran, waited := 0, 0
+	for i := range 5 {
+		res := h2.wait(fmt.Sprintf("r%d", i), 1)
+		switch {
+		case res.Status == telemetry.StatusFailed && strings.Contains(res.Reason, "not run again"):
+			ran++
+		case res.Status == telemetry.StatusRefused && strings.Contains(res.Reason, "before this request ran"):
+			waited++
+		default:
+			t.Errorf("r%d: %+v", i, res)
+		}
+	}
+	if ran != 4 || waited != 1 {
+		t.Errorf("%d answered as interrupted, %d as never run; want 4 and 1", ran, waited)
+	}
+	h2.mu.Lock()
+	for id, r := range h2.results {
+		if len(r) != 1 {
+			t.Errorf("%s answered %d times", id, len(r))
+		}
+	}
+	h2.mu.Unlock()
+	// Refused, not cached: sent again, it runs.
+	plugin(t, dir, "slow", "echo ran")
+	h2.send(telemetry.Command{ID: "r4", Name: "slow"})
+	if res := h2.wait("r4", 2); res.Status != telemetry.StatusOK || res.Cached {
+		t.Errorf("the request that never ran, sent again: %+v", res)
+	}
+}
+
 func TestBuiltin(t *testing.T) {
 	h := newHarness(t, pluginDir(t), t.TempDir())
 	h.send(telemetry.Command{ID: "p", Name: "ping"})
