@@ -275,3 +275,41 @@ func TestHandoverWithoutBroker(t *testing.T) {
 		t.Errorf("spool after handover %+v, want the event and the batch on flash", st)
 	}
 }
+
+// TestHandoverToHungBrokerIsOnFlashFirst: with a broker that stopped
+// acknowledging (paused), Handover waits for the PUBACKs of what is in
+// flight; everything it holds is on flash before it waits, so that a
+// process killed meanwhile leaves it to the agent init starts again. (It
+// wrote the spool only after the wait: a kill then lost the last flush.)
+func TestHandoverToHungBrokerIsOnFlashFirst(t *testing.T) {
+	m := testenv.StartMosquitto(t, "")
+	u, sp := newUplink(t, m.URL, t.TempDir(), func(o *Options) { o.FlushInterval, o.PublishTimeout = time.Hour, 3*time.Second })
+	run(t, u)
+	testenv.WaitFor(t, 5*time.Second, func() bool { return u.Status().State == "connected" }, func() string { return u.Status().State })
+	m.Pause()
+	defer m.Resume()
+	for range 3 {
+		u.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Info, Kind: "test", Subject: "s", New: "n", Message: "m"})
+	}
+	testenv.WaitFor(t, 5*time.Second, func() bool { return sp.Stats().InFlight == 3 },
+		func() string { return fmt.Sprintf("spool %+v: the events are not in flight", sp.Stats()) })
+	u.Batch(telemetry.Batch{Source: "statsd", Time: time.Now(), Points: []telemetry.Point{{Name: "app.requests", Value: 7}}})
+
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- u.Handover(ctx, time.Minute, "")
+	}()
+	testenv.WaitFor(t, 2*time.Second, func() bool { st := sp.Stats(); return st.Memory == 0 && st.Disk == 4 },
+		func() string { return fmt.Sprintf("spool %+v while the hand-over waits: not all on flash", sp.Stats()) })
+	select {
+	case err := <-done:
+		t.Fatalf("Handover returned (%v) before the in-flight publishes timed out: the test shows nothing", err)
+	default:
+	}
+	m.Resume()
+	if err := <-done; err != nil {
+		t.Logf("handover: %v", err)
+	}
+}

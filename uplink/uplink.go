@@ -564,12 +564,13 @@ func (u *Uplink) stop(connected bool) error {
 //     them again, with those published meanwhile, to the node's next session:
 //     the new image's (the session keeps its subscription).
 //   - The batches collected so far are flushed into the spool.
+//   - The spool writes every record it holds in memory to its files on flash
+//     and fsyncs them (Sync), where the new image finds them when it opens
+//     the spool (or the agent init starts again, should this process be
+//     killed from here on).
 //   - The publishes in flight get their PUBACKs, within ctx (each reports
 //     within PublishTimeout); a record that is not acknowledged stays in the
 //     spool, and the new image sends it again.
-//   - The spool writes every record it holds in memory to its files on flash
-//     and fsyncs them (Sync), where the new image finds them when it opens
-//     the spool.
 //   - The node says "upgrading" (retained, QoS 1) with back, within how long
 //     it expects to be online again (in whole seconds, rounded up; zero or
 //     less says nothing), and version, the version the new image runs (empty
@@ -602,14 +603,18 @@ func (u *Uplink) Handover(ctx context.Context, back time.Duration, version strin
 func (u *Uplink) handOver(h handover, connected bool, inflight int) error {
 	u.flush()
 	var errs []error
+	// On flash before waiting for the broker: a broker slow to acknowledge
+	// keeps the hand-over waiting up to ctx, and the process may be killed
+	// meanwhile. Records acknowledged after this leave their segment as
+	// usual; one whose PUBACK never comes is sent again by the new image.
+	if err := u.opts.Spool.Sync(); err != nil {
+		errs = append(errs, fmt.Errorf("%w: the end of this process loses them", err))
+	}
 	if connected {
 		if err := u.settle(h.ctx, inflight); err != nil {
 			connected = false
 			errs = append(errs, err)
 		}
-	}
-	if err := u.opts.Spool.Sync(); err != nil {
-		errs = append(errs, fmt.Errorf("%w: the end of this process loses them", err))
 	}
 	st := u.opts.Spool.Stats()
 	if connected {

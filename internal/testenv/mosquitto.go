@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -82,11 +83,28 @@ func (m *Mosquitto) Start() {
 	}, func() string { return "mosquitto does not listen on " + m.Addr + ":\n" + m.Log.String() })
 }
 
+// Pause freezes the broker (SIGSTOP), as a broker that hangs: connections
+// stay open, what clients send waits unread in its sockets, and nothing is
+// acknowledged until Resume.
+func (m *Mosquitto) Pause() {
+	if m.cmd != nil {
+		m.cmd.Process.Signal(syscall.SIGSTOP)
+	}
+}
+
+// Resume lets a paused broker run again (SIGCONT).
+func (m *Mosquitto) Resume() {
+	if m.cmd != nil {
+		m.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
+
 // Stop ends the broker as a restart would (SIGTERM: it saves its state).
 func (m *Mosquitto) Stop() {
 	if m.cmd == nil {
 		return
 	}
+	m.Resume() // a paused broker would not see SIGTERM
 	m.cmd.Process.Signal(os.Interrupt)
 	done := make(chan struct{})
 	go func() { m.cmd.Wait(); close(done) }()
