@@ -102,8 +102,8 @@ func retainedState(t *testing.T, broker string) telemetry.State {
 //     deadline and next version, and the controller side never sees
 //     offline: the clean disconnect dropped the last will;
 //   - batches collected before Handover, never flushed by the first uplink,
-//     are on flash when the spool is opened again, and the second uplink
-//     delivers them;
+//     and one passed to it after, are on flash when the spool is opened
+//     again, and the second uplink delivers them;
 //   - every request the broker accepted, before, during and after the hand-
 //     over, reaches OnCommand of one image or the other: the first hands on
 //     and acknowledges what it takes; those it received and did not hand on
@@ -114,7 +114,7 @@ func TestHandoverToNewImage(t *testing.T) {
 	ctl := testenv.Subscribe(t, m.URL)
 	dir := t.TempDir()
 	oldCmds, newCmds := commandLog{delay: 50 * time.Millisecond}, commandLog{}
-	old, _ := newUplink(t, m.URL, dir, func(o *Options) {
+	old, oldSpool := newUplink(t, m.URL, dir, func(o *Options) {
 		o.FlushInterval, o.Instance, o.OnCommand = time.Hour, "old", oldCmds.onCommand
 	})
 	run(t, old)
@@ -165,6 +165,14 @@ func TestHandoverToNewImage(t *testing.T) {
 	}
 	if st := old.Status().State; st != "handed over" {
 		t.Errorf("state after handover %q", st)
+	}
+	// A producer that runs on through the hand-over (StatsD) flushes its
+	// last batch after it: straight to the spool, which the agent syncs
+	// once more before the exec.
+	old.Batch(telemetry.Batch{Source: "statsd", Time: time.Now(), Points: []telemetry.Point{{Name: "late", Value: 1}}})
+	sources = append(sources, "statsd")
+	if err := oldSpool.Sync(); err != nil {
+		t.Fatal(err)
 	}
 	handedOver, unacknowledged := len(oldCmds.got()), len(old.inbound)
 	if unacknowledged == 0 {

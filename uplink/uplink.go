@@ -101,6 +101,9 @@ type Uplink struct {
 	stateSince     time.Time
 	lastAck        time.Time
 	tlsErr         error
+	handedOver     bool // by Handover: Batch flushes at once, Run no longer does
+
+	lateFlush sync.Mutex // serializes flushes once handed over (Run's are Run's own)
 
 	published, malformed, encodeErrors atomic.Uint64
 }
@@ -302,11 +305,17 @@ func (u *Uplink) receive(_ mqtt.Client, m mqtt.Message) {
 }
 
 // Batch implements collectors.Sink: batches wait for the next flush, which
-// stamps them.
+// stamps them; once Handover has begun they go to the spool at once.
 func (u *Uplink) Batch(b telemetry.Batch) {
 	u.mu.Lock()
 	u.pending = append(u.pending, b)
+	late := u.handedOver
 	u.mu.Unlock()
+	if late {
+		u.lateFlush.Lock()
+		u.flush()
+		u.lateFlush.Unlock()
+	}
 }
 
 // Event implements collectors.Sink: events are queued at once.
@@ -583,11 +592,14 @@ func (u *Uplink) stop(connected bool) error {
 // the process runs on until the exec: events, heartbeats and results queued
 // after Handover go to flash, for the new image to send (call the spool's
 // Sync once more just before the exec: its fsync timer dies with the
-// process); batches are not flushed again, so stop the collectors first. The
-// error says what did not happen (the broker was not reachable,
-// the state was not acknowledged, flash could not take records, which the
-// end of this process loses); the session is over either way. If ctx ends
-// before Run takes the request, nothing is done and the error says so.
+// process), and so do batches: from the start of the hand-over each goes to
+// the spool as Batch is called, so a producer may run on through it (the
+// agent's StatsD server does, so that its socket is read meanwhile) and
+// flush its last batch after. The error says what did not happen (the
+// broker was not reachable, the state was not acknowledged, flash could not
+// take records, which the end of this process loses); the session is over
+// either way. If ctx ends before Run takes the request, nothing is done and
+// the error says so.
 func (u *Uplink) Handover(ctx context.Context, back time.Duration, version string) error {
 	h := handover{ctx: ctx, back: back, version: version, done: make(chan error, 1)}
 	select {
@@ -601,7 +613,12 @@ func (u *Uplink) Handover(ctx context.Context, back time.Duration, version strin
 // handOver does Handover's work on Run's goroutine; connected and inflight
 // are Run's.
 func (u *Uplink) handOver(h handover, connected bool, inflight int) error {
+	u.mu.Lock()
+	u.handedOver = true
+	u.mu.Unlock()
+	u.lateFlush.Lock()
 	u.flush()
+	u.lateFlush.Unlock()
 	var errs []error
 	// On flash before waiting for the broker: a broker slow to acknowledge
 	// keeps the hand-over waiting up to ctx, and the process may be killed
