@@ -308,6 +308,7 @@ func (a *Agent) start(ctx context.Context, p *parts) {
 			Spool: spoolCounts(p.sp), Health: p.hl.summary})
 	})
 	p.st.markReady()
+	handoverTaken(p.st.dir)
 }
 
 // stop is a clean stop: new commands are left with the broker (delivered

@@ -61,17 +61,16 @@ type handover struct {
 
 func handoverPath(dir string) string { return filepath.Join(dir, "handover.json") }
 
-// readHandover takes what the previous image handed over, and removes it so
-// that it is never taken twice; nil when there is none. A start that is not
-// a reload (init restarted the agent after a reload that failed) still takes
-// the gauges.
+// readHandover takes what the previous image handed over; nil when there is
+// none. The file stays until this image is ready (handoverTaken): one killed
+// before that leaves it to the agent init starts then, which is not a
+// reload but still takes the gauges.
 func readHandover(dir string, log *slog.Logger) *handover {
 	path := handoverPath(dir)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	os.Remove(path)
 	var h handover
 	if err == nil {
 		err = json.Unmarshal(data, &h)
@@ -82,6 +81,10 @@ func readHandover(dir string, log *slog.Logger) *handover {
 	}
 	return &h
 }
+
+// handoverTaken removes the hand-over once this image is ready, so that no
+// later start takes it again.
+func handoverTaken(dir string) { os.Remove(handoverPath(dir)) }
 
 // Reload asks the running agent to replace itself with a new image of its
 // binary. check runs first, on Run's goroutine: when it fails (the
