@@ -217,6 +217,13 @@ func (e *TLSFilesError) Error() string {
 
 func (e *TLSFilesError) Unwrap() error { return e.Err }
 
+// CheckTLS reports why the TLS files opts names cannot be used, as New
+// would find at a start: nil when they can, or when TLS is not configured.
+func CheckTLS(opts Options) error {
+	_, err := tlsConfig(opts)
+	return err
+}
+
 func tlsConfig(o Options) (*tls.Config, error) {
 	if o.CAFile == "" && o.CertFile == "" {
 		return nil, nil

@@ -86,7 +86,13 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 				return
 			case sig := <-sigs:
 				if sig == syscall.SIGUSR1 {
-					a.Reload(func() error { _, err := load(); return err })
+					a.Reload(func() error {
+						cfg, err := load()
+						if err != nil {
+							return err
+						}
+						return a.CheckReload(cfg)
+					})
 				} else {
 					a.Reconfigure(load)
 				}
