@@ -28,11 +28,14 @@ sockets handed over. This waits until the new image is ready.
 
 The configuration (--config, as for run) is checked here first: one that does
 not check is refused before anything stops (exit 2, with the problems). The
+agent refuses, and runs on, one that checks but would stop the new image at
+its start (TLS or node id files it cannot read, another state directory). The
 agent is found by the pid in its state directory's edgeagent.lock; sending it
 SIGUSR1 does the same without waiting.
 
 Exit status: 0 reloaded, 1 failed (no agent running, it died, or no answer
-within --timeout), 2 refused (the configuration does not check).`
+within --timeout), 2 refused (the configuration does not check, or would
+stop the new image).`
 
 func reloadAgent(args []string, stdout, stderr io.Writer) int {
 	flags := cli.FlagSet("reload", "edgeagent reload [--config PATH] [--state-dir DIR] [--timeout D]", reloadHelp, stdout)
