@@ -253,6 +253,49 @@ func (w *watcher) point(node, name string) (telemetry.Point, bool) {
 	return found, ok
 }
 
+// counter sums the StatsD counter called name in node's batches, each
+// message counted once (by instance and sequence number, as the controller
+// de-duplicates).
+func (w *watcher) counter(node, name string) float64 {
+	type key struct {
+		instance string
+		seq      uint64
+	}
+	seen := map[key]bool{}
+	sum := 0.0
+	for _, r := range w.from(node) {
+		k := key{r.env.Instance, r.env.Seq}
+		if r.env.Kind != telemetry.KindBatch || seen[k] {
+			continue
+		}
+		seen[k] = true
+		batches, err := r.env.DecodeBatches()
+		if err != nil {
+			continue
+		}
+		for _, b := range batches {
+			for _, p := range b.Points {
+				if b.Source == "statsd" && p.Name == name && p.Tags["metric_type"] == "counter" {
+					sum += p.Value
+				}
+			}
+		}
+	}
+	return sum
+}
+
+// states returns the presence states node published since from, in order.
+func (w *watcher) states(node string, from time.Time) []string {
+	var out []string
+	for _, r := range w.from(node) {
+		var st telemetry.State
+		if r.env.Kind == telemetry.KindState && r.at.After(from) && r.env.DecodeBody(&st) == nil {
+			out = append(out, st.State)
+		}
+	}
+	return out
+}
+
 // result returns node's answer to request id, once it has arrived.
 func (w *watcher) result(node, id string) (telemetry.CommandResult, bool) {
 	for _, r := range w.from(node) {
