@@ -3,11 +3,11 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/seed69aca190/edgeagent/agent/dispatch"
@@ -34,22 +34,76 @@ type status struct {
 	disp    *dispatch.Dispatcher // set once made
 }
 
-// serve answers on l until ctx ends (nil) or the listener breaks.
+// serve answers on l until ctx ends (nil) or the listener breaks. When ctx
+// ends it stops accepting and returns once every connection it took has
+// been answered and closed, within 2 s: a reload execs as soon as it
+// returns, and the next image takes the connections not yet accepted.
 func (s *status) serve(ctx context.Context, l net.Listener, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /status", s.status)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	go func() {
-		<-ctx.Done()
-		shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(shut)
-	}()
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	conns := openConns{changed: make(chan struct{}, 1)}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnState: conns.track,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	select {
+	case err := <-served:
+		srv.Close()
 		return err
+	case <-ctx.Done():
 	}
+	// Not http.Server.Shutdown: it closes unanswered a connection whose
+	// request it is still reading (the client reads EOF), and under load
+	// a reload cut about one request in seventy so. Keep-alive off, each
+	// connection closes once answered.
+	srv.SetKeepAlivesEnabled(false)
+	l.Close()
+	<-served
+	conns.waitClosed(2 * time.Second)
+	srv.Close()
 	return nil
+}
+
+// openConns counts the connections an http.Server has taken and not yet
+// closed (its ConnState hook).
+type openConns struct {
+	mu      sync.Mutex
+	n       int
+	changed chan struct{} // poked at each close
+}
+
+func (o *openConns) track(_ net.Conn, state http.ConnState) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch state {
+	case http.StateNew:
+		o.n++
+	case http.StateClosed, http.StateHijacked:
+		o.n--
+		select {
+		case o.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// waitClosed waits until every connection is closed, or for at most d.
+func (o *openConns) waitClosed(d time.Duration) {
+	deadline := time.After(d)
+	for {
+		o.mu.Lock()
+		n := o.n
+		o.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-o.changed:
+		case <-deadline:
+			return
+		}
+	}
 }
 
 // healthEvery is how often the health is checked; a check older than
