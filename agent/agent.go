@@ -196,8 +196,10 @@ type parts struct {
 	closers   []func() error
 	quiescing atomic.Bool // commands are left with the broker for the next image
 
-	wg             sync.WaitGroup // producers: servers, collectors, heartbeat, dispatcher
+	wg             sync.WaitGroup // producers: collectors, heartbeat, dispatcher, the router
 	stopProducers  context.CancelFunc
+	servers        sync.WaitGroup // StatsD and the status endpoint: a reload stops them last
+	stopServers    context.CancelFunc
 	stopUplink     context.CancelFunc
 	upDone         chan error
 	routerSessions context.CancelFunc // the router's serving, ended apart from the producers at a reload
@@ -282,12 +284,16 @@ func (a *Agent) start(ctx context.Context, p *parts) {
 	// services over first, then stops serving, before anything else stops.
 	routerCtx, stopRouter := context.WithCancel(producers)
 	p.routerSessions = stopRouter
+	// The servers too: at a reload their sockets are read until the rest
+	// has quiesced and the uplink is handed over.
+	servers, stopServers := context.WithCancel(ctx)
+	p.stopServers = stopServers
 	if p.handed != nil && p.st.generation > 0 { // a reload: the services reconnect
 		p.rt.Restore(p.handed.Services)
 		p.sched.CarryFailing(p.handed.Failing)
 		p.hl.carry(p.handed.Degraded)
 	}
-	a.listen(producers, routerCtx, &p.wg, p)
+	a.listen(producers, routerCtx, servers, p)
 	p.sockets.Close() // inherited sockets the configuration no longer has
 	bootID, err := host.New(a.cfg.Paths.Sysfs, a.cfg.Paths.Procfs).BootID()
 	if err != nil {
@@ -319,7 +325,9 @@ func (a *Agent) start(ctx context.Context, p *parts) {
 func (a *Agent) stop(p *parts) {
 	p.quiescing.Store(true)
 	p.stopProducers()
+	p.stopServers()
 	p.wg.Wait()
+	p.servers.Wait()
 	p.stopUplink()
 	if err := <-p.upDone; err != nil {
 		a.log.Error("uplink", "err", err)
@@ -462,10 +470,12 @@ func instanceID() string {
 // (service router) and the status endpoint. A socket that cannot be had
 // now (a port another daemon holds, an address not yet configured) is
 // tried again in the background while the part reports degraded. The
-// router serves under routerCtx, which a reload ends before ctx.
-func (a *Agent) listen(ctx, routerCtx context.Context, wg *sync.WaitGroup, p *parts) {
+// router serves under routerCtx, which a reload ends before producers, and
+// StatsD and the status endpoint under servers, which it ends after the
+// uplink's hand-over.
+func (a *Agent) listen(producers, routerCtx, servers context.Context, p *parts) {
 	if addr := a.cfg.StatsD.Listen; addr != "" {
-		retry(ctx, wg, p.hl, "statsd", func() (net.PacketConn, error) { return p.sockets.PacketConn("statsd", addr) },
+		retry(servers, &p.servers, p.hl, "statsd", func() (net.PacketConn, error) { return p.sockets.PacketConn("statsd", addr) },
 			func(conn net.PacketConn) error {
 				opts := statsd.Options{
 					FlushInterval: a.cfg.StatsD.FlushInterval, MaxSeries: a.cfg.StatsD.MaxSeries,
@@ -482,8 +492,8 @@ func (a *Agent) listen(ctx, routerCtx context.Context, wg *sync.WaitGroup, p *pa
 					srv.RestoreGauges(p.handed.Gauges)
 				}
 				a.statsd.Store(srv)
-				err := srv.Run(ctx)
-				if ctx.Err() != nil { // for the next image, if this is a reload
+				err := srv.Run(servers)
+				if servers.Err() != nil { // for the next image, if this is a reload
 					p.gauges, p.statsdLastRead = srv.Gauges(), srv.LastRead()
 				}
 				a.statsd.Store(nil)
@@ -494,12 +504,12 @@ func (a *Agent) listen(ctx, routerCtx context.Context, wg *sync.WaitGroup, p *pa
 	if control == "" {
 		control = filepath.Join(a.cfg.Paths.StateDir, "control.sock")
 	}
-	retry(ctx, wg, p.hl, "control socket", func() (net.Listener, error) { return p.sockets.Listener("control", "unix:"+control) },
+	retry(producers, &p.wg, p.hl, "control socket", func() (net.Listener, error) { return p.sockets.Listener("control", "unix:"+control) },
 		func(l net.Listener) error { return logStopped(a.log, "control socket", p.rt.Serve(routerCtx, l)) })
 	if addr := a.cfg.HTTP.Listen; addr != "" {
-		retry(ctx, wg, p.hl, "http", func() (net.Listener, error) { return p.sockets.Listener("http", addr) },
+		retry(servers, &p.servers, p.hl, "http", func() (net.Listener, error) { return p.sockets.Listener("http", addr) },
 			func(l net.Listener) error {
-				return logStopped(a.log, "status endpoint", p.stat.serve(ctx, l, a.log.With("component", "http")))
+				return logStopped(a.log, "status endpoint", p.stat.serve(servers, l, a.log.With("component", "http")))
 			})
 	}
 }

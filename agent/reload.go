@@ -29,13 +29,18 @@ import (
 //  1. commands: new requests are left with the broker (not acknowledged,
 //     delivered to the next image's session); those taken run and answer;
 //  2. local services are handed over (no deregistration), the router stops;
-//  3. producers stop: collectors, the heartbeat, StatsD (its window flushed,
-//     its gauges kept), the status endpoint (in-flight requests finish);
-//     events held by the rate limit leave;
-//  4. the uplink flushes, gets its PUBACKs, writes the spool to flash, says
+//  3. producers stop: collectors, the heartbeat; events held by the rate
+//     limit leave;
+//  4. the uplink flushes, writes the spool to flash, gets its PUBACKs, says
 //     "upgrading" (retained) and disconnects cleanly (no last will);
-//  5. what the next image takes over is written (services, gauges);
-//  6. exec, with the sockets and the lock as LISTEN_FDS.
+//  5. the servers stop: StatsD (its last window flushed, straight to the
+//     spool, its gauges kept), the status endpoint (each connection taken is
+//     answered); they run until now so that their sockets go unread only
+//     from here to the next image's start, not while the uplink waits for
+//     the broker;
+//  6. what the next image takes over is written (services, gauges, when
+//     StatsD last read) and the spool synced;
+//  7. exec, with the sockets and the lock as LISTEN_FDS.
 //
 // Every socket's queue stays in the kernel throughout: the registry holds a
 // copy of each, so a server closing its own descriptor does not close it.
@@ -106,20 +111,31 @@ func (a *Agent) Reload(check func() error) bool {
 func (a *Agent) handOver(p *parts) error {
 	began := time.Now()
 	a.log.Info("reloading: quiescing", "generation", p.st.generation)
+	// How long each phase took, for the log line before the exec.
+	var phases []any
+	last := began
+	lap := func(phase string) {
+		now := time.Now()
+		phases = append(phases, phase, now.Sub(last).Round(10*time.Microsecond))
+		last = now
+	}
 
 	p.quiescing.Store(true)
 	if err := p.disp.Drain(context.Background()); err != nil {
 		a.log.Warn("requests still running at the reload", "err", err)
 	}
+	lap("commands")
 
 	routerCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	services := p.rt.Handover(routerCtx)
 	cancel()
 	p.routerSessions()
+	lap("services")
 
 	p.stopProducers()
 	p.wg.Wait()
 	p.sched.ReleaseHeld()
+	lap("producers")
 
 	upCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	if err := p.up.Handover(upCtx, reloadBack, ""); err != nil {
@@ -127,6 +143,12 @@ func (a *Agent) handOver(p *parts) error {
 	}
 	cancel()
 	<-p.upDone
+	lap("uplink")
+
+	// StatsD's last window goes straight to the spool now.
+	p.stopServers()
+	p.servers.Wait()
+	lap("servers")
 
 	data, err := json.Marshal(handover{Services: services, Gauges: p.gauges, Failing: p.sched.Failing(),
 		Degraded: p.hl.reported(), StatsDLastRead: p.statsdLastRead})
@@ -140,13 +162,15 @@ func (a *Agent) handOver(p *parts) error {
 	if err := p.sp.Sync(); err != nil {
 		a.log.Error("spool not all on flash at the reload", "err", err)
 	}
+	lap("written")
 
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
 	env := append(withoutEnv(os.Environ(), generationEnv), generationEnv+"="+strconv.Itoa(p.st.generation+1))
-	a.log.Info("reloading: exec", "binary", exe, "quiesced_in", time.Since(began).Round(time.Millisecond))
+	a.log.Info("reloading: exec", append([]any{"binary", exe, "quiesced_in", time.Since(began).Round(10 * time.Microsecond)},
+		phases...)...)
 	return fmt.Errorf("reload: %w", p.sockets.Exec(exe, os.Args, env))
 }
 
