@@ -227,6 +227,11 @@ func (a *Agent) open() (*parts, error) {
 	a.log.Info("edgeagent started", "version", p.bi.Version, "commit", p.bi.Commit, "platform", p.bi.Platform(),
 		"node", p.st.node, "state_dir", p.st.dir, "pid", os.Getpid(), "generation", p.st.generation)
 	p.handed = readHandover(p.st.dir, a.log)
+	if p.handed != nil && p.st.generation > 0 && !p.st.seq.Resume(p.handed.SeqNext, p.handed.SeqLimit) {
+		// Only an image exec'd by a reload resumes: one that init starts
+		// after a kill does not know what the killed image sent.
+		a.log.Debug("sequence numbers resume at the stored bound", "next", p.handed.SeqNext, "limit", p.handed.SeqLimit)
+	}
 	if p.sp, err = a.openSpool(p.st); err != nil {
 		p.close()
 		return nil, err

@@ -62,6 +62,10 @@ type handover struct {
 	// When the StatsD server last read its socket: the next image logs how
 	// long the socket went unread (under steady traffic, the reload's gap).
 	StatsDLastRead time.Time `json:"statsd_last_read,omitzero"`
+	// Where the sequence numbers stand, so the reload leaves no gap in
+	// them (seqfile.Resume).
+	SeqNext  uint64 `json:"seq_next,omitempty"`
+	SeqLimit uint64 `json:"seq_limit,omitempty"`
 }
 
 func handoverPath(dir string) string { return filepath.Join(dir, "handover.json") }
@@ -150,8 +154,10 @@ func (a *Agent) handOver(p *parts) error {
 	p.servers.Wait()
 	lap("servers")
 
-	data, err := json.Marshal(handover{Services: services, Gauges: p.gauges, Failing: p.sched.Failing(),
-		Degraded: p.hl.reported(), StatsDLastRead: p.statsdLastRead})
+	h := handover{Services: services, Gauges: p.gauges, Failing: p.sched.Failing(),
+		Degraded: p.hl.reported(), StatsDLastRead: p.statsdLastRead}
+	h.SeqNext, h.SeqLimit = p.st.seq.Reserved()
+	data, err := json.Marshal(h)
 	if err == nil {
 		err = atomicfile.WriteFile(handoverPath(p.st.dir), data, 0o640)
 	}

@@ -140,6 +140,11 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Errorf("%d unread gaps logged, want %d", len(gaps), reloads)
 	}
 
+	// Each session numbers its last will, which a clean hand-over never
+	// sends: one hole a session, none from the reloads themselves.
+	if lo, hi, holes := tap.holes(); holes > reloads+1 {
+		t.Errorf("sequence numbers %d to %d: %d never arrived over %d sessions", lo, hi, holes, reloads+1)
+	}
 	states := tap.states()
 	if slices.Contains(states, "offline") {
 		t.Errorf("the node was said offline: states %v", states)
@@ -656,6 +661,7 @@ type fleetTap struct {
 
 	mu       sync.Mutex
 	seen     map[uint64]bool
+	numbers  map[uint64]bool // every sequence number, states' too
 	state    []string
 	event    []telemetry.Event
 	results  map[string][]telemetry.CommandResult
@@ -669,7 +675,7 @@ type fleetTap struct {
 
 func tapFleet(t testing.TB, broker, node string) *fleetTap {
 	t.Helper()
-	f := &fleetTap{node: node, seen: map[uint64]bool{}, results: map[string][]telemetry.CommandResult{},
+	f := &fleetTap{node: node, seen: map[uint64]bool{}, numbers: map[uint64]bool{}, results: map[string][]telemetry.CommandResult{},
 		counters: map[string]float64{}, seq: uint64(time.Now().UnixMilli()) << 10}
 	opts := mqtt.NewClientOptions().AddBroker(broker).SetClientID("tap-" + node).SetCleanSession(false).
 		SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).SetConnectRetry(true).
@@ -715,6 +721,9 @@ func (f *fleetTap) record(_ mqtt.Client, m mqtt.Message) {
 	if err != nil {
 		f.bad = append(f.bad, m.Topic()+": "+err.Error())
 		return
+	}
+	if env.Kind != telemetry.KindCommand {
+		f.numbers[env.Seq] = true
 	}
 	switch env.Kind {
 	case telemetry.KindCommand: // our own requests
@@ -765,6 +774,18 @@ func (f *fleetTap) counter(name string) float64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.counters[name]
+}
+
+// holes counts the sequence numbers between the lowest and the highest
+// seen that never arrived.
+func (f *fleetTap) holes() (lowest, highest uint64, holes int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	lowest = ^uint64(0)
+	for n := range f.numbers {
+		lowest, highest = min(lowest, n), max(highest, n)
+	}
+	return lowest, highest, int(highest-lowest+1) - len(f.numbers)
 }
 
 func (f *fleetTap) heartbeats() int {

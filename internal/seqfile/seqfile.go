@@ -37,6 +37,7 @@ type Counter struct {
 	retry time.Duration // how often a failed reservation is tried again
 
 	mu        sync.Mutex
+	opened    uint64 // the bound Open resumed at; 0 when it recovered
 	next      uint64 // the number Next returns
 	limit     uint64 // first number not yet reserved on disk
 	fault     error  // why the current numbers are not persisted; nil when they are
@@ -83,12 +84,14 @@ func Open(path string, block uint64, now func() time.Time) (*Counter, error) {
 	recovered := uint64(now().Add(recoveryMargin).UnixMilli())
 	if warn != nil {
 		c.next = recovered
+	} else {
+		c.opened = c.next
 	}
 	c.limit = c.next
 	if err := c.reserve(time.Now()); err != nil && c.next < recovered {
 		// Numbers from here would not be persisted: after a restart they
 		// would be handed out again. Start above anything the file knew.
-		c.next, c.limit = recovered, recovered
+		c.next, c.limit, c.opened = recovered, recovered, 0
 		warn = errors.Join(warn, fmt.Errorf("%w: %v", ErrRecovered, err))
 	}
 	return c, warn
@@ -107,6 +110,30 @@ func (c *Counter) Next() uint64 {
 	n := c.next
 	c.next++
 	return n
+}
+
+// Resume continues at next, where a previous image of this process stopped
+// at a reload, so that the reload leaves no gap: that image handed out only
+// numbers below next and had reserved up to limit. When the file still held
+// limit at Open (that image reserved nothing after), the numbers from next
+// up were never handed out. It does nothing and returns false otherwise, or
+// once a number was taken.
+func (c *Counter) Resume(next, limit uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.opened == 0 || c.next != c.opened || limit != c.opened || next > limit {
+		return false
+	}
+	c.next = next
+	return true
+}
+
+// Reserved returns the number Next would return and the bound reserved on
+// disk, for Resume in the next image.
+func (c *Counter) Reserved() (next, limit uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.next, c.limit
 }
 
 // Peek returns the number Next would return, without taking it.

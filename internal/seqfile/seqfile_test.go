@@ -41,6 +41,55 @@ func TestNeverBackwardsAcrossReopen(t *testing.T) {
 	}
 }
 
+// TestResumeAtReload: the image after a reload continues where the one
+// before stopped, with no gap and never backwards, also reload after reload
+// with few numbers taken in each; what that image did not reserve last, or
+// a position handed over after a number was taken, is not taken.
+func TestResumeAtReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "seq")
+	c, err := Open(path, 100, floor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := c.Next()
+	for reload := range 5 {
+		for range 30 + reload*40 {
+			last = c.Next()
+		}
+		next, limit := c.Reserved()
+		c, err = Open(path, 100, floor) // the next image
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range [][2]uint64{{next, limit - 1}, {next, limit + 100}, {limit + 1, limit}} {
+			if c.Resume(bad[0], bad[1]) {
+				t.Fatalf("reload %d: Resume(%d, %d) taken; %d, %d was handed over", reload, bad[0], bad[1], next, limit)
+			}
+		}
+		if !c.Resume(next, limit) {
+			t.Fatalf("reload %d: Resume(%d, %d) refused", reload, next, limit)
+		}
+		if n := c.Next(); n != last+1 {
+			t.Errorf("reload %d: %d after %d", reload, n, last)
+		}
+		last++
+		if c.Resume(next, limit) {
+			t.Error("Resume taken after a number was handed out")
+		}
+	}
+	for range 300 { // past the blocks reserved at each Open
+		if n := c.Next(); n <= last {
+			t.Fatalf("%d after %d", n, last)
+		} else {
+			last = n
+		}
+	}
+	c, _ = Open(path, 100, floor) // a restart, not a reload
+	if n := c.Next(); n <= last {
+		t.Errorf("after a restart: %d after %d", n, last)
+	}
+}
+
 // TestCorruptFileResumesAboveTheFloor: a node at 1970 whose sequence file is
 // corrupt resumes from its time floor, not from its clock (which would be
 // below numbers already sent), and twice in a row still goes forward, also
