@@ -28,8 +28,8 @@ const (
 	KindState         Kind = 4 // State, on …/state (retained; the last will says offline)
 	KindCommand       Kind = 5 // controller → node, on …/cmd
 	KindCommandResult Kind = 6 // on …/cmd/result
-	KindUpdateOffer   Kind = 7 // controller → node, on …/update (reserved: not sent until A/B upgrades exist)
-	KindUpdateStatus  Kind = 8 // on …/update/status (reserved)
+	KindUpdateOffer   Kind = 7 // UpdateOffer, controller → node, on …/update
+	KindUpdateStatus  Kind = 8 // UpdateStatus, on …/update/status
 )
 
 func (k Kind) String() string {

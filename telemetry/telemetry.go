@@ -66,7 +66,7 @@ type Heartbeat struct {
 	Seq     uint64    `cbor:"2,keyasint" json:"seq"` // never goes backwards, also across restarts
 	Time    time.Time `cbor:"3,keyasint" json:"time"`
 	Version string    `cbor:"4,keyasint" json:"version"`
-	Slot    string    `cbor:"5,keyasint,omitempty" json:"slot,omitempty"` // A/B slot running, once updates exist
+	Slot    string    `cbor:"5,keyasint,omitempty" json:"slot,omitempty"` // the slot running: a, b or factory
 	// UptimeSec is the agent's; the host's is the host.uptime point.
 	UptimeSec   int64     `cbor:"6,keyasint" json:"uptime_sec"`
 	BootID      string    `cbor:"7,keyasint" json:"boot_id"`
