@@ -107,14 +107,15 @@ type Options struct {
 type Fleet struct {
 	opts Options
 
-	mu      sync.Mutex
-	nodes   map[string]*nodeState
-	events  []EventRecord
-	nextID  uint64
-	changed chan struct{} // closed and replaced when an event is added
-	stats   Stats
-	folds   map[refusalKey]*folded                  // refusals without their own event yet
-	results map[string]chan telemetry.CommandResult // awaited command results, by id
+	mu       sync.Mutex
+	nodes    map[string]*nodeState
+	events   []EventRecord
+	nextID   uint64
+	changed  chan struct{} // closed and replaced when an event is added
+	stats    Stats
+	folds    map[refusalKey]*folded                  // refusals without their own event yet
+	results  map[string]chan telemetry.CommandResult // awaited command results, by id
+	rollouts map[string]*rollout                     // by id (rollout.go)
 }
 
 type nodeState struct {
@@ -286,6 +287,8 @@ func (f *Fleet) apply(n *nodeState, env telemetry.Envelope, now time.Time) error
 			default: // a repeat of a result already delivered
 			}
 		}
+	case telemetry.KindUpdateStatus:
+		return f.updateStatus(n, env, now)
 	}
 	return nil
 }

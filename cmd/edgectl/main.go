@@ -14,6 +14,7 @@ var commands = []cli.Command{
 	nodesCommand,
 	eventsCommand,
 	execCommand,
+	rolloutCommand,
 	servicesCommand,
 	cli.Version("edgectl"),
 }

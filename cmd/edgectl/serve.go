@@ -32,7 +32,13 @@ node, agent instance and sequence number, keeps the fleet view, marks a node
 offline on its last will or after three missed heartbeats, and serves the view
 over HTTP for 'edgectl nodes' and 'edgectl events'. Without --broker it embeds an MQTT broker
 on --mqtt, so one machine runs the whole system; with --broker it connects to an
-external one (and --share lets several controllers split its ingest).`
+external one (and --share lets several controllers split its ingest).
+
+'edgectl rollout' uploads a release's artifact to the controller, which keeps
+it in --artifact-dir (by default a temporary directory removed at exit) and
+serves it to the nodes at <--public-url>/artifacts/<sha256>. --public-url is
+the API's address as the nodes reach it: it defaults to http://<--http>, which
+nodes on other machines cannot reach when --http is 127.0.0.1 or 0.0.0.0.`
 
 func serve(args []string, stdout, stderr io.Writer) int {
 	flags := cli.FlagSet("serve", "edgectl serve [flags]", serveHelp, stdout)
@@ -43,6 +49,8 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	prefix := flags.String("prefix", "edge", "topic prefix")
 	heartbeat := flags.Duration("heartbeat", 10*time.Second, "the nodes' heartbeat interval; three missed = offline")
 	clientID := flags.String("client-id", "", "MQTT client id (default edgectl-<host name>)")
+	artifactDir := flags.String("artifact-dir", "", "where uploaded release artifacts are kept (default: a temporary directory)")
+	publicURL := flags.String("public-url", "", "the HTTP API's base URL as nodes reach it, for artifact URLs (default http://<--http>)")
 	if ok, code := cli.ParseNoArgs(flags, args, stderr); !ok {
 		return code
 	}
@@ -72,13 +80,28 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "edgectl serve: %v\n", err)
 		return cli.ExitFailure
 	}
-	api := &http.Server{Handler: controller.API(fleet, ingest), ReadHeaderTimeout: 5 * time.Second}
+	artifacts, cleanup, err := artifactStore(*artifactDir)
+	if err != nil {
+		fmt.Fprintf(stderr, "edgectl serve: %v\n", err)
+		return cli.ExitFailure
+	}
+	defer cleanup()
+	if *publicURL == "" {
+		*publicURL = "http://" + l.Addr().String()
+	}
+	handler := http.NewServeMux()
+	handler.Handle("/", controller.API(fleet, ingest))
+	rollouts := controller.RolloutAPI(controller.RolloutOptions{Fleet: fleet, Ingest: ingest, Artifacts: artifacts, PublicURL: *publicURL})
+	for _, p := range []string{"/api/rollouts", "/api/rollouts/", "/api/artifacts", "/artifacts/"} {
+		handler.Handle(p, rollouts)
+	}
+	api := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := api.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("HTTP API stopped", "err", err)
 		}
 	}()
-	log.Info("HTTP API listening", "address", l.Addr().String())
+	log.Info("HTTP API listening", "address", l.Addr().String(), "public_url", *publicURL)
 	err = ingest.Run(ctx)
 	shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -88,6 +111,25 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return cli.ExitFailure
 	}
 	return cli.ExitOK
+}
+
+// artifactStore opens the artifact directory, or a temporary one that the
+// returned function removes.
+func artifactStore(dir string) (*controller.Artifacts, func(), error) {
+	cleanup := func() {}
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "edgectl-artifacts-")
+		if err != nil {
+			return nil, nil, fmt.Errorf("artifact directory: %w", err)
+		}
+		dir, cleanup = tmp, func() { os.RemoveAll(tmp) }
+	}
+	a, err := controller.NewArtifacts(dir)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return a, cleanup, nil
 }
 
 // embeddedBroker starts mochi-mqtt on addr, open to any client: the demo's
