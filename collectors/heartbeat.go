@@ -20,6 +20,9 @@ type HeartbeatOptions struct {
 	// Health is the agent's one-word health and why; nil reports the
 	// collectors' own (Scheduler.Health).
 	Health func() (telemetry.Health, string)
+	// Rollback, when set, returns the news of a rollback once (see
+	// telemetry.Heartbeat.Rollback).
+	Rollback func() string
 }
 
 // RunHeartbeat sends a heartbeat at once and then every interval until ctx
@@ -51,6 +54,9 @@ func (s *Scheduler) heartbeat(opts HeartbeatOptions) telemetry.Heartbeat {
 	}
 	if opts.Spool != nil {
 		hb.SpoolDepth, hb.Dropped = opts.Spool()
+	}
+	if opts.Rollback != nil {
+		hb.Rollback = opts.Rollback()
 	}
 	return hb
 }

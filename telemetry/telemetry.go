@@ -79,4 +79,7 @@ type Heartbeat struct {
 	// Instance is random per start of the agent's process: two live
 	// instances heard under one node id are two machines claiming it.
 	Instance string `cbor:"13,keyasint,omitempty" json:"instance,omitempty"`
+	// Rollback, in the first heartbeat after an upgrade was rolled back,
+	// says which version did not stay and why.
+	Rollback string `cbor:"14,keyasint,omitempty" json:"rollback,omitempty"`
 }

@@ -48,7 +48,8 @@ type Options struct {
 	// Instance is random per start of the process; every envelope carries it.
 	Instance string
 	Log      *slog.Logger
-	// OnCommand receives each well-formed request from the command topic, on
+	// OnCommand receives each well-formed request from the command topic, and
+	// each offer from the update topic, on
 	// the uplink's goroutine: it must not block, and reports whether it took
 	// the request. A request is acknowledged to the broker only once taken,
 	// so one that was not (the agent is quiescing for a reload), or never
@@ -64,6 +65,9 @@ type Status struct {
 	Broker         string    `json:"broker,omitempty"`
 	ConnectedSince time.Time `json:"connected_since,omitzero"`
 	LastAck        time.Time `json:"last_ack,omitzero"`
+	// HeartbeatAcked is when the broker last acknowledged a heartbeat (an
+	// upgrade's health check waits for one).
+	HeartbeatAcked time.Time `json:"heartbeat_acked,omitzero"`
 	Published      uint64    `json:"published"` // records acknowledged by the broker
 	Malformed      uint64    `json:"malformed"` // messages received that did not decode
 	EncodeErrors   uint64    `json:"encode_errors"`
@@ -100,6 +104,8 @@ type Uplink struct {
 	connectedSince time.Time
 	stateSince     time.Time
 	lastAck        time.Time
+	heartbeatSeq   uint64 // the last heartbeat queued
+	heartbeatAcked time.Time
 	tlsErr         error
 	handedOver     bool // by Handover: Batch flushes at once, Run no longer does
 
@@ -203,6 +209,7 @@ func New(opts Options) (*Uplink, error) {
 	// commands it kept for the session right after CONNACK, before the
 	// connect handler has run.
 	u.client.AddRoute(u.topic("cmd"), u.receive)
+	u.client.AddRoute(u.topic("update"), u.receive)
 	return u, nil
 }
 
@@ -294,7 +301,7 @@ func (s *stamps) at(t time.Time) time.Time {
 // onConnect runs on paho's goroutine: it subscribes (the route is New's)
 // and announces the node without waiting for either, so it never blocks paho.
 func (u *Uplink) onConnect(c mqtt.Client) {
-	c.Subscribe(u.topic("cmd"), 1, nil)
+	c.SubscribeMultiple(map[string]byte{u.topic("cmd"): 1, u.topic("update"): 1}, nil)
 	if online, err := u.envelope(telemetry.KindState, telemetry.State{State: "online"}); err == nil {
 		c.Publish(u.topic("state"), 1, true, online)
 	}
@@ -337,6 +344,9 @@ func (u *Uplink) Event(e telemetry.Event) {
 func (u *Uplink) Heartbeat(h telemetry.Heartbeat) {
 	st := u.stamps()
 	h.Time, h.LastCollect = st.at(h.Time), st.at(h.LastCollect)
+	u.mu.Lock()
+	u.heartbeatSeq = h.Seq
+	u.mu.Unlock()
 	u.queue("heartbeat", telemetry.KindHeartbeat, h.Seq, h, st)
 }
 
@@ -479,7 +489,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 			u.acked(r.seq)
 		case <-u.wake:
 		case m := <-u.inbound:
-			if u.command(m.Payload()) {
+			if u.command(m.Topic(), m.Payload()) {
 				m.Ack()
 			}
 		case h := <-u.handovers:
@@ -514,6 +524,9 @@ func (u *Uplink) acked(seq uint64) {
 	u.published.Add(1)
 	u.mu.Lock()
 	u.lastAck = time.Now()
+	if seq == u.heartbeatSeq {
+		u.heartbeatAcked = u.lastAck
+	}
 	u.mu.Unlock()
 }
 
@@ -707,20 +720,31 @@ func (u *Uplink) Result(r telemetry.CommandResult) {
 	u.queue("cmd/result", telemetry.KindCommandResult, 0, r, st)
 }
 
-// command handles a message on the command topic: one that does not decode
-// is counted and reported as an event; a request goes to OnCommand. It
-// reports whether the message may be acknowledged (a malformed one may: it
-// would be refused again).
-func (u *Uplink) command(payload []byte) bool {
+// UpdateStatus queues an upgrade's status like any telemetry: one made
+// just before a hand-over reaches the controller from the spool.
+func (u *Uplink) UpdateStatus(s telemetry.UpdateStatus) {
+	u.queue("update/status", telemetry.KindUpdateStatus, 0, s, u.stamps())
+}
+
+// command handles a message on the command or the update topic: one that
+// does not decode, or is not of the topic's kind, is counted and reported
+// as an event; a request or an offer goes to OnCommand. It reports whether
+// the message may be acknowledged (a malformed one may: it would be
+// refused again).
+func (u *Uplink) command(topic string, payload []byte) bool {
+	want, what := telemetry.KindCommand, "command"
+	if topic == u.topic("update") {
+		want, what = telemetry.KindUpdateOffer, "update offer"
+	}
 	env, err := telemetry.Decode(payload)
-	if err == nil && env.Kind != telemetry.KindCommand {
-		err = fmt.Errorf("a %s on the command topic", env.Kind)
+	if err == nil && env.Kind != want {
+		err = fmt.Errorf("a %s on the %s topic", env.Kind, what)
 	}
 	if err != nil {
 		u.malformed.Add(1)
-		u.log.Warn("malformed message on the command topic", "err", err, "bytes", len(payload))
-		u.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Warning, Kind: "uplink", Subject: u.topic("cmd"),
-			New: "malformed", Message: "refused a malformed command: " + text.EscapeString(err.Error())})
+		u.log.Warn("malformed message on the "+what+" topic", "err", err, "bytes", len(payload))
+		u.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Warning, Kind: "uplink", Subject: topic,
+			New: "malformed", Message: "refused a malformed " + what + ": " + text.EscapeString(err.Error())})
 		return true
 	}
 	return u.opts.OnCommand == nil || u.opts.OnCommand(env)
@@ -730,7 +754,8 @@ func (u *Uplink) command(payload []byte) bool {
 func (u *Uplink) Status() Status {
 	u.mu.Lock()
 	st := Status{State: u.state, Since: u.stateSince, Broker: u.broker, ConnectedSince: u.connectedSince, LastAck: u.lastAck,
-		Escaped: u.enc.Escaped()}
+		HeartbeatAcked: u.heartbeatAcked,
+		Escaped:        u.enc.Escaped()}
 	if u.tlsErr != nil {
 		st.TLSError = u.tlsErr.Error()
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,6 +42,7 @@ type Config struct {
 	Services  []Service `yaml:"services"`
 	Commands  Commands  `yaml:"commands"`
 	Control   Control   `yaml:"control"`
+	Update    Update    `yaml:"update"`
 
 	// origin maps a dotted key to where its value was set ("file:line" or a
 	// flag), so that a problem found later can point at it.
@@ -171,6 +173,21 @@ func (c *Config) Redacted() ([]byte, error) {
 		r.Uplink.Password = "<redacted>"
 	}
 	return yaml.Marshal(&r)
+}
+
+// Update configures self-upgrade.
+type Update struct {
+	TrustedKeys   []string      `yaml:"trusted_keys"`
+	HealthTimeout time.Duration `yaml:"health_timeout"`
+	Attempts      int           `yaml:"attempts"`
+}
+
+// SlotsDir is paths.slots_dir, or its default under the state directory.
+func (c *Config) SlotsDir() string {
+	if c.Paths.SlotsDir != "" {
+		return c.Paths.SlotsDir
+	}
+	return filepath.Join(c.Paths.StateDir, "slots")
 }
 
 // Control configures the agent's local control socket.

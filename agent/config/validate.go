@@ -182,6 +182,13 @@ func (c *Config) Validate() error {
 	}
 
 	v.absPath("control.socket", c.Control.Socket, true)
+	for i, k := range c.Update.TrustedKeys {
+		v.absPath(fmt.Sprintf("update.trusted_keys[%d]", i), k, false)
+	}
+	v.duration("update.health_timeout", c.Update.HealthTimeout, 5*time.Second, time.Hour)
+	if c.Update.Attempts < 1 || c.Update.Attempts > 10 {
+		v.bad("update.attempts", strconv.Itoa(c.Update.Attempts), "1 to 10")
+	}
 	if c.Commands.Concurrency < 1 || c.Commands.Concurrency > 64 {
 		v.bad("commands.concurrency", strconv.Itoa(c.Commands.Concurrency), "a number from 1 to 64")
 	}
