@@ -126,6 +126,7 @@ func Discard(dest string) error {
 	return errors.Join(errs...)
 }
 
+// check validates o and fills in the defaults.
 func (o *Options) check() error {
 	switch {
 	case len(o.URLs) == 0:
@@ -363,7 +364,7 @@ func (d *download) explain(ctx context.Context, url string, err error) error {
 	if f := (fatal{}); errors.As(err, &f) {
 		return err
 	}
-	if context.Cause(ctx) == errStalled {
+	if errors.Is(context.Cause(ctx), errStalled) {
 		return fmt.Errorf("GET %s: stalled: no data for %v at byte %d", url, d.IdleTimeout, d.off)
 	}
 	if ue := (*neturl.Error)(nil); errors.As(err, &ue) {
