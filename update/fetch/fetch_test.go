@@ -272,6 +272,39 @@ func TestDownloadResumesAcrossRestarts(t *testing.T) {
 	}
 }
 
+// A SIGKILL or a power cut gets no last checkpoint: the offset must be
+// recorded while the download runs.
+func TestDownloadRecordsOffsetWhileRunning(t *testing.T) {
+	const size, hangAt = 20 << 20, 12 << 20
+	content := artifact(10, size)
+	s := newServer(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		serve(&cutAfter{ResponseWriter: w, limit: hangAt, hang: r.Context().Done()}, r, content)
+	})
+	o := options(t, s.URL)
+	o.Size = size
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		_, err := Download(ctx, o)
+		done <- err
+	}()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var st state
+		if b, err := os.ReadFile(resumePath(o.Dest)); err == nil && json.Unmarshal(b, &st) == nil && st.Offset >= syncBytes {
+			if st.Offset > hangAt || st.Size != size {
+				t.Fatalf("resume state %+v while the server hangs at %d", st, hangAt)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no offset of %d or more recorded while the download ran", syncBytes)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestDownloadStartsOver(t *testing.T) {
 	old, content := artifact(4, testSize), artifact(5, testSize)
 	for _, tc := range []struct {
@@ -288,6 +321,13 @@ func TestDownloadStartsOver(t *testing.T) {
 				w.Header().Set("Content-Range", fmt.Sprintf("bytes 0-%d/%d", testSize-1, testSize))
 				w.WriteHeader(http.StatusPartialContent)
 				w.Write(old)
+				return
+			}
+			serve(w, r, old)
+		}},
+		{"416 to the Range", func(w http.ResponseWriter, r *http.Request, n int) {
+			if n == 2 {
+				w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
 				return
 			}
 			serve(w, r, old)
