@@ -1,0 +1,5 @@
+// Command hello is the smallest Go program: the tests cross-compile it to
+// read the targets of real binaries.
+package main
+
+func main() {}
