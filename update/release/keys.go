@@ -100,7 +100,7 @@ func LoadPublicKeys(paths ...string) ([]ed25519.PublicKey, error) {
 			key, err := x509.ParsePKIXPublicKey(b.Bytes)
 			if err != nil {
 				// asn1's errors tell a person nothing: say what the block is not.
-			return nil, fmt.Errorf("public key %s: block %d is not a valid PKIX public key", path, i+1)
+				return nil, fmt.Errorf("public key %s: block %d is not a valid PKIX public key", path, i+1)
 			}
 			pub, ok := key.(ed25519.PublicKey)
 			if !ok {
