@@ -103,6 +103,10 @@ func rollout(args []string, stdout, stderr io.Writer) int {
 		if ro.Done() || left <= 0 {
 			break
 		}
+		// A large rollout changes at every status: look at most four
+		// times a second, so the controller sends the whole of it less often.
+		time.Sleep(min(left, pollEvery))
+		left = time.Until(deadline)
 		var next controller.Rollout
 		path := fmt.Sprintf("/api/rollouts/%s?after=%d&wait=%s", ro.ID, ro.Gen, min(left, 30*time.Second).Round(time.Millisecond))
 		if err := get(*server, path, &next); err != nil {
@@ -125,6 +129,9 @@ func rollout(args []string, stdout, stderr io.Writer) int {
 	}
 	return cli.ExitOK
 }
+
+// pollEvery is how often the CLI asks for a rollout's progress, at most.
+const pollEvery = 250 * time.Millisecond
 
 // outcome is the last word on one node's upgrade.
 func outcome(n controller.RolloutNode, timeout time.Duration) string {
