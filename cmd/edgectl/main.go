@@ -15,6 +15,7 @@ var commands = []cli.Command{
 	eventsCommand,
 	execCommand,
 	rolloutCommand,
+	releaseCommand,
 	servicesCommand,
 	cli.Version("edgectl"),
 }

@@ -491,7 +491,8 @@ func TestStandardCOSE(t *testing.T) {
 }
 
 // decodeByHand takes a COSE_Sign1 message apart with plain CBOR and builds
-// its Sig_structure: ["Signature1", protected, external_aad h”, payload].
+// its Sig_structure: ["Signature1", protected, external_aad, payload], the
+// external_aad an empty byte string.
 func decodeByHand(t *testing.T, signed []byte) (protected map[int]any, payload, sig, tbs []byte) {
 	t.Helper()
 	var tag cbor.RawTag

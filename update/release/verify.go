@@ -103,7 +103,8 @@ func (v *Verifier) Binary(m telemetry.Manifest, path string) error {
 
 // Verify makes every check of a release, in order: signature, expiry,
 // target (the manifest's, then the binary's), size, sha256, version. As with
-// Manifest, the manifest is returned once its signature verified.
+// Manifest, the manifest is returned once its signature verified; as with
+// Binary, a file it cannot read is an error, not a *Refusal.
 func (v *Verifier) Verify(signed []byte, binary string) (telemetry.Manifest, error) {
 	m, err := v.manifest(signed)
 	if err != nil {
