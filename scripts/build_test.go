@@ -217,3 +217,39 @@ func TestBinariesRunOnEveryArch(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildStampsReleaseVersion builds a release (VERSION=1.4.0) and checks
+// that both binaries report it; a VERSION that is not semver is refused before
+// anything is built.
+func TestBuildStampsReleaseVersion(t *testing.T) {
+	testenv.LookPath(t, "git")
+	run := func(version string) (string, []byte, error) {
+		out := t.TempDir()
+		cmd := exec.Command("./build", "amd64")
+		cmd.Env = append(os.Environ(), "OUT_DIR="+out, "VERSION="+version)
+		log, err := cmd.CombinedOutput()
+		return out, log, err
+	}
+	dir, log, err := run("1.4.0")
+	if err != nil {
+		t.Fatalf("VERSION=1.4.0 scripts/build amd64: %v\n%s", err, log)
+	}
+	for _, bin := range []string{"edgeagent", "edgectl"} {
+		out, err := exec.Command(filepath.Join(dir, bin+"-linux-amd64"), "version", "--json").Output()
+		var v versionJSON
+		if err != nil || json.Unmarshal(out, &v) != nil || v.Version != "1.4.0" || v.Commit != git(t, "rev-parse", "HEAD") {
+			t.Errorf("%s version --json: %v\n%s", bin, err, out)
+		}
+	}
+
+	for _, bad := range []string{"1.4", "01.4.0", "1.4.0-01", "1.4.0 ", "release-7"} {
+		dir, log, err := run(bad)
+		want := "scripts/build: VERSION=" + bad + " is not a semver version"
+		if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 2 || !strings.HasPrefix(string(log), want) {
+			t.Errorf("VERSION=%q: %v, output %q; want exit 2 and %q", bad, err, log, want)
+		}
+		if built, _ := os.ReadDir(dir); len(built) != 0 {
+			t.Errorf("VERSION=%q: built %d files anyway", bad, len(built))
+		}
+	}
+}
