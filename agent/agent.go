@@ -27,6 +27,7 @@ import (
 	"github.com/seed69aca190/edgeagent/hal/nic"
 	"github.com/seed69aca190/edgeagent/internal/buildinfo"
 	"github.com/seed69aca190/edgeagent/telemetry"
+	"github.com/seed69aca190/edgeagent/update"
 	"github.com/seed69aca190/edgeagent/update/handoff"
 	"github.com/seed69aca190/edgeagent/uplink"
 	"github.com/seed69aca190/edgeagent/uplink/spool"
@@ -34,7 +35,7 @@ import (
 
 // Agent is one running edgeagent daemon.
 type Agent struct {
-	reloads  chan func() error                   // Reload's requests, with their check
+	reloads  chan reloadRequest                  // Reload's requests, and upgrades' switches
 	reconfig chan func() (*config.Config, error) // Reconfigure's
 	cfg      *config.Config
 	log      *slog.Logger
@@ -47,7 +48,7 @@ type Agent struct {
 // log.output: stderr (w), syslog or a file. When that output cannot be
 // opened the agent logs to w and reports itself degraded.
 func New(cfg *config.Config, w io.Writer) *Agent {
-	a := &Agent{cfg: cfg, level: new(slog.LevelVar), reloads: make(chan func() error, 1),
+	a := &Agent{cfg: cfg, level: new(slog.LevelVar), reloads: make(chan reloadRequest, 1),
 		reconfig: make(chan func() (*config.Config, error), 1)}
 	a.level.Set(parseLevel(cfg.Log.Level))
 	out, err := logOutput(cfg.Log.Output, w)
@@ -58,6 +59,13 @@ func New(cfg *config.Config, w io.Writer) *Agent {
 	opts := &slog.HandlerOptions{Level: a.level}
 	if _, ok := out.(syslogWriter); ok {
 		opts.ReplaceAttr = dropTime // syslog stamps each line itself
+	}
+	if exe, err := os.Executable(); err == nil {
+		// A version on trial logs to the slots directory too, so that its
+		// rollback can quote the end of its log (update.TrialLog).
+		if f := update.TrialLog(cfg.SlotsDir(), exe); f != nil {
+			out = io.MultiWriter(out, f)
+		}
 	}
 	var h slog.Handler = slog.NewTextHandler(out, opts)
 	if cfg.Log.Format == "json" {
@@ -163,13 +171,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case load := <-a.reconfig:
 			a.apply(p, load)
-		case check := <-a.reloads:
-			if err := check(); err != nil {
-				a.log.Error("reload refused; the agent runs on unchanged", "err", err)
-				p.st.markReload(err)
-				continue
+		case r := <-a.reloads:
+			if r.check != nil {
+				if err := r.check(); err != nil {
+					a.log.Error("reload refused; the agent runs on unchanged", "err", err)
+					p.st.markReload(err)
+					continue
+				}
 			}
-			return a.handOver(p)
+			return a.handOver(p, r)
 		}
 	}
 }
@@ -188,6 +198,7 @@ type parts struct {
 	disp     *dispatch.Dispatcher
 	console  *logSink
 	instance string
+	upd      *update.Manager
 	handed   *handover      // what the previous image handed over, if anything
 	gauges   []statsd.Gauge // what the StatsD server remembered when it stopped
 	// when it last read its socket
@@ -240,7 +251,11 @@ func (a *Agent) open() (*parts, error) {
 		if p.quiescing.Load() {
 			return false
 		}
-		p.disp.Handle(env)
+		if env.Kind == telemetry.KindUpdateOffer {
+			a.offer(p, env)
+		} else {
+			p.disp.Handle(env)
+		}
 		return true
 	})
 	if err != nil {
@@ -264,6 +279,7 @@ func (a *Agent) open() (*parts, error) {
 	p.rt = router.New(p.sched.Event, a.log.With("component", "router"))
 	p.disp = a.newDispatcher(p.st, p.sched, p.sp, p.stat, p.rt, p.up)
 	p.stat.disp = p.disp
+	p.upd = a.newUpdates(p)
 	p.hl.probe(func() []problem {
 		if err := p.disp.Fault(); err != nil {
 			return []problem{{part: "commands", reason: "not persisted (a request repeated after a restart could run again): " + err.Error()}}
@@ -313,10 +329,11 @@ func (a *Agent) start(ctx context.Context, p *parts) {
 	p.wg.Go(func() { p.sched.Run(producers) })
 	p.wg.Go(func() { p.hl.watch(producers, healthEvery, p.sched.Event) })
 	p.wg.Go(func() { p.st.run(producers) })
+	p.wg.Go(func() { p.upd.Run(producers) })
 	p.wg.Go(func() {
 		p.sched.RunHeartbeat(producers, collectors.HeartbeatOptions{Node: p.st.node, Version: p.bi.Version, BootID: bootID,
 			Instance: p.instance, Interval: a.cfg.Heartbeat.Interval, Seq: p.st.seq, Started: started,
-			Spool: spoolCounts(p.sp), Health: p.hl.summary})
+			Spool: spoolCounts(p.sp), Health: p.hl.summary, Slot: p.upd.Slot(), Rollback: p.upd.Rollback})
 	})
 	p.st.markReady()
 	handoverTaken(p.st.dir)

@@ -22,6 +22,14 @@ func (a *Agent) CheckReload(cfg *config.Config) error {
 	if now, next := filepath.Clean(a.cfg.Paths.StateDir), filepath.Clean(cfg.Paths.StateDir); now != next {
 		errs = append(errs, fmt.Errorf("paths.state_dir: %s is not %s, the directory this agent holds; changing it takes a restart", next, now))
 	}
+	return errors.Join(append(errs, CheckStart(cfg))...)
+}
+
+// CheckStart reports what in cfg, which checks, would still stop an agent
+// at its start: TLS files or a node id file it cannot read. An upgrade's
+// pre-flight (edgeagent selftest) runs it in the new binary.
+func CheckStart(cfg *config.Config) error {
+	var errs []error
 	u := cfg.Uplink
 	if err := uplink.CheckTLS(uplink.Options{CAFile: u.CAFile, CertFile: u.CertFile, KeyFile: u.KeyFile}); err != nil {
 		errs = append(errs, err)

@@ -51,6 +51,10 @@ const reloadBack = 30 * time.Second
 // generationEnv counts the images this process has run, across reloads.
 const generationEnv = "EDGEAGENT_GENERATION"
 
+// Reloaded reports whether this process image was started by a reload (or
+// an upgrade's switch), not by init: it then runs the binary chosen for it.
+func Reloaded() bool { return os.Getenv(generationEnv) != "" }
+
 // handover is what one image leaves the next in the state directory.
 type handover struct {
 	Services []router.ServiceInfo `json:"services,omitempty"`
@@ -102,17 +106,25 @@ func handoverTaken(dir string) { os.Remove(handoverPath(dir)) }
 // when a reload is already pending.
 func (a *Agent) Reload(check func() error) bool {
 	select {
-	case a.reloads <- check:
+	case a.reloads <- reloadRequest{check: check}:
 		return true
 	default:
 		return false
 	}
 }
 
-// handOver quiesces the agent and replaces it in this process; it returns
-// only when that failed before the exec (the caller exits and init starts
-// the agent again, which finds everything on flash).
-func (a *Agent) handOver(p *parts) error {
+// reloadRequest is a reload (check the configuration it will run with) or
+// an upgrade's switch (binary, which runs version).
+type reloadRequest struct {
+	check           func() error
+	binary, version string
+}
+
+// handOver quiesces the agent and replaces it in this process, with the
+// binary r names or its own; it returns only when that failed before the
+// exec (the caller exits and init starts the agent again, which finds
+// everything on flash).
+func (a *Agent) handOver(p *parts, r reloadRequest) error {
 	began := time.Now()
 	a.log.Info("reloading: quiescing", "generation", p.st.generation)
 	// How long each phase took, for the log line before the exec.
@@ -142,7 +154,7 @@ func (a *Agent) handOver(p *parts) error {
 	lap("producers")
 
 	upCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	if err := p.up.Handover(upCtx, reloadBack, ""); err != nil {
+	if err := p.up.Handover(upCtx, reloadBack, r.version); err != nil {
 		a.log.Warn("uplink hand-over incomplete", "err", err)
 	}
 	cancel()
@@ -170,9 +182,11 @@ func (a *Agent) handOver(p *parts) error {
 	}
 	lap("written")
 
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("reload: %w", err)
+	exe := r.binary
+	if exe == "" {
+		if exe, err = os.Executable(); err != nil {
+			return fmt.Errorf("reload: %w", err)
+		}
 	}
 	env := append(withoutEnv(os.Environ(), generationEnv), generationEnv+"="+strconv.Itoa(p.st.generation+1))
 	a.log.Info("reloading: exec", append([]any{"binary", exe, "quiesced_in", time.Since(began).Round(10 * time.Microsecond)},

@@ -12,6 +12,8 @@ import (
 var commands = []cli.Command{
 	runCommand,
 	reloadCommand,
+	updateCommand,
+	selftestCommand,
 	configCommand,
 	inventoryCommand,
 	pluginsCommand,

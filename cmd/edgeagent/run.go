@@ -43,22 +43,41 @@ built-in defaults when that file does not exist); the flags below override keys
 of it, so a node can be started without a file. Everything the agent writes goes
 under the state directory.`
 
-func runAgent(args []string, stdout, stderr io.Writer) int {
-	flags := cli.FlagSet("run", "edgeagent run [--config PATH] [flags]", runHelp, stdout)
-	configPath := flags.String("config", defaultConfigPath, "YAML config file")
-	values := map[string]*string{}
+// runFlags are run's flags, which selftest takes too (an upgrade's
+// pre-flight runs the new binary with the running agent's arguments).
+type runFlags struct {
+	*flag.FlagSet
+	configPath *string
+	values     map[string]*string
+}
+
+func newRunFlags(name, synopsis, help string, stdout io.Writer) runFlags {
+	f := runFlags{FlagSet: cli.FlagSet(name, synopsis, help, stdout), values: map[string]*string{}}
+	f.configPath = f.String("config", defaultConfigPath, "YAML config file")
 	for _, o := range runOverrides {
-		values[o.flag] = flags.String(o.flag, "", o.help+" ("+o.key+")")
+		f.values[o.flag] = f.String(o.flag, "", o.help+" ("+o.key+")")
 	}
-	if ok, code := cli.ParseNoArgs(flags, args, stderr); !ok {
+	return f
+}
+
+func (f runFlags) load() (*config.Config, error) {
+	return loadRunConfig(f.FlagSet, *f.configPath, f.values)
+}
+
+func runAgent(args []string, stdout, stderr io.Writer) int {
+	flags := newRunFlags("run", "edgeagent run [--config PATH] [flags]", runHelp, stdout)
+	if ok, code := cli.ParseNoArgs(flags.FlagSet, args, stderr); !ok {
 		return code
 	}
 
-	cfg, err := loadRunConfig(flags, *configPath, values)
+	cfg, err := flags.load()
 	if err != nil {
 		fmt.Fprintln(stderr, "edgeagent run: invalid configuration:")
 		printConfigError(stderr, err)
 		return cli.ExitUsage
+	}
+	if code, ok := decide(cfg, stderr); !ok {
+		return code
 	}
 
 	if os.Getenv("GOGC") == "" {
@@ -75,7 +94,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	// SIGUSR1 reloads (a new image of the binary in this process, the
 	// configuration read again); SIGHUP applies what can change in place.
 	// Both read the configuration as this start did, flags included.
-	load := func() (*config.Config, error) { return loadRunConfig(flags, *configPath, values) }
+	load := flags.load
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGHUP)
 	defer signal.Stop(sigs)
