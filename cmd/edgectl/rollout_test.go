@@ -91,8 +91,11 @@ func (f *fakeNode) heartbeat(version, slot string) {
 		Version: version, Slot: slot, BootID: "boot", Health: telemetry.Healthy, Instance: "fake-" + f.id})
 }
 
+// status reports st, then waits a little, as an upgrade takes time: long
+// enough for the CLI, which looks four times a second, to see each phase.
 func (f *fakeNode) status(st telemetry.UpdateStatus) {
 	f.publish("update/status", telemetry.KindUpdateStatus, st)
+	time.Sleep(300 * time.Millisecond)
 }
 
 func (f *fakeNode) run() {
@@ -263,18 +266,18 @@ func TestRolloutWithFakeNodes(t *testing.T) {
 	})
 	t.Run("refused, rolled back, timed out", func(t *testing.T) {
 		start := time.Now()
-		out, errOut, code := run("--timeout", "4s", "n-refuse", "n-rollback", "n-silent", manifest, "--artifact", artifactFile)
+		out, errOut, code := run("--timeout", "6s", "n-refuse", "n-rollback", "n-silent", manifest, "--artifact", artifactFile)
 		for _, want := range []string{
 			"n-refuse             refused 1.5.0 (signature): no trusted key signed the manifest\n",
 			"n-rollback           rolled back from 1.5.0 to slot a: not healthy within 60s: broker not connected\n",
-			"n-silent             timed out after 4s in downloading 30%\n",
+			"n-silent             timed out after 6s in downloading 30%\n",
 			"3 nodes, 0 committed, 3 not\n"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("no %q in the output", want)
 			}
 		}
 		t.Logf("edgectl rollout n-refuse n-rollback n-silent:\n%s", out)
-		if code != 1 || t.Failed() || time.Since(start) > 10*time.Second {
+		if code != 1 || t.Failed() || time.Since(start) > 12*time.Second {
 			t.Errorf("exit %d after %v\n%s%s", code, time.Since(start), out, errOut)
 		}
 	})
