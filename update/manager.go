@@ -185,9 +185,8 @@ func (m *Manager) commit(t Trial) {
 		m.o.Log.Error("commit not written; the next start treats the version as on trial", "err", err)
 	}
 	m.o.Log.Info("upgrade committed", "version", t.Version, "slot", t.Slot, "from", t.From)
+	// The controller makes the event of it from the status.
 	m.publish(telemetry.UpdateStatus{ID: t.ID, Phase: telemetry.PhaseCommitted, Version: t.Version, From: t.From, Slot: t.Slot})
-	m.o.Event(telemetry.Event{Time: time.Now(), Severity: telemetry.Info, Kind: "update", Subject: t.Slot, Old: t.From,
-		New: t.Version, Message: text.EscapeString(fmt.Sprintf("upgraded from %s to %s (slot %s), committed", t.From, t.Version, t.Slot))})
 }
 
 // reportRollback tells the controller of a rollback it has not heard of:
