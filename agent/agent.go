@@ -205,7 +205,7 @@ type parts struct {
 	statsdLastRead time.Time
 
 	closers   []func() error
-	quiescing atomic.Bool // commands are left with the broker for the next image
+	quiescing atomic.Bool // update offers are left with the broker (commands: the dispatcher's Quiesce)
 
 	wg             sync.WaitGroup // producers: collectors, heartbeat, dispatcher, the router
 	stopProducers  context.CancelFunc
@@ -214,6 +214,13 @@ type parts struct {
 	stopUplink     context.CancelFunc
 	upDone         chan error
 	routerSessions context.CancelFunc // the router's serving, ended apart from the producers at a reload
+}
+
+// quiesce stops taking commands and update offers: they are left with the
+// broker (not acknowledged), for the next image or the restarted agent.
+func (p *parts) quiesce() {
+	p.quiescing.Store(true)
+	p.disp.Quiesce()
 }
 
 func (p *parts) close() {
@@ -248,15 +255,16 @@ func (a *Agent) open() (*parts, error) {
 		return nil, err
 	}
 	p.up, err = a.newUplink(p.st, p.sp, p.instance, func(env telemetry.Envelope) bool {
-		if p.quiescing.Load() {
-			return false
-		}
 		if env.Kind == telemetry.KindUpdateOffer {
+			if p.quiescing.Load() {
+				return false
+			}
 			a.offer(p, env)
-		} else {
-			p.disp.Handle(env)
+			return true
 		}
-		return true
+		// The dispatcher's own gate: a request it reports taken is one
+		// that its Drain waits for (quiesce).
+		return p.disp.Handle(env)
 	})
 	if err != nil {
 		p.sp.Close()
@@ -314,7 +322,7 @@ func (a *Agent) start(ctx context.Context, p *parts) {
 		p.sched.CarryFailing(p.handed.Failing)
 		p.hl.carry(p.handed.Degraded)
 	}
-	a.listen(producers, routerCtx, servers, p)
+	a.listen(routerCtx, servers, p)
 	p.sockets.Close() // inherited sockets the configuration no longer has
 	bootID, err := host.New(a.cfg.Paths.Sysfs, a.cfg.Paths.Procfs).BootID()
 	if err != nil {
@@ -345,7 +353,7 @@ func (a *Agent) start(ctx context.Context, p *parts) {
 // flushes, says offline and closes the spool), then the sockets (their unix
 // paths removed).
 func (a *Agent) stop(p *parts) {
-	p.quiescing.Store(true)
+	p.quiesce()
 	p.stopProducers()
 	p.stopServers()
 	p.wg.Wait()
@@ -492,10 +500,11 @@ func instanceID() string {
 // (service router) and the status endpoint. A socket that cannot be had
 // now (a port another daemon holds, an address not yet configured) is
 // tried again in the background while the part reports degraded. The
-// router serves under routerCtx, which a reload ends before producers, and
+// router serves (and is retried) under routerCtx, which a reload ends before
+// producers (a stop with them: it derives from producers), and
 // StatsD and the status endpoint under servers, which it ends after the
 // uplink's hand-over.
-func (a *Agent) listen(producers, routerCtx, servers context.Context, p *parts) {
+func (a *Agent) listen(routerCtx, servers context.Context, p *parts) {
 	if addr := a.cfg.StatsD.Listen; addr != "" {
 		retry(servers, &p.servers, p.hl, "statsd", func() (net.PacketConn, error) { return p.sockets.PacketConn("statsd", addr) },
 			func(conn net.PacketConn) error {
@@ -526,7 +535,10 @@ func (a *Agent) listen(producers, routerCtx, servers context.Context, p *parts) 
 	if control == "" {
 		control = filepath.Join(a.cfg.Paths.StateDir, "control.sock")
 	}
-	retry(producers, &p.wg, p.hl, "control socket", func() (net.Listener, error) { return p.sockets.Listener("control", "unix:"+control) },
+	// Retried under routerCtx, which Serve ends on: under producers, the
+	// reload's ending of the router first would read as the server broken
+	// and report the part degraded until the exec.
+	retry(routerCtx, &p.wg, p.hl, "control socket", func() (net.Listener, error) { return p.sockets.Listener("control", "unix:"+control) },
 		func(l net.Listener) error { return logStopped(a.log, "control socket", p.rt.Serve(routerCtx, l)) })
 	if addr := a.cfg.HTTP.Listen; addr != "" {
 		retry(servers, &p.servers, p.hl, "http", func() (net.Listener, error) { return p.sockets.Listener("http", addr) },

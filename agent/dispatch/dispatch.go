@@ -56,6 +56,10 @@ type Dispatcher struct {
 	pending map[string]bool // ids queued or running
 	fault   error           // why a request could not be marked as running
 	stopped bool            // Run has ended: requests are refused
+	// quiesced: Quiesce was called; requests are no longer taken (Handle
+	// reports false), so that Drain, which reads pending under the same
+	// lock, cannot miss one taken meanwhile.
+	quiesced bool
 
 	refused atomic.Uint64
 }
@@ -114,50 +118,62 @@ func (d *Dispatcher) Fault() error {
 func (d *Dispatcher) Refused() uint64 { return d.refused.Load() }
 
 // Handle takes one request from the command topic. It never blocks: a
-// request is answered from the cache, refused, or queued.
-func (d *Dispatcher) Handle(env telemetry.Envelope) {
+// request is answered from the cache, refused, or queued. It reports whether
+// it took the request (answered it, or will): false once Quiesce was called,
+// when the request must be left with the broker (not acknowledged) for the
+// next process to take.
+func (d *Dispatcher) Handle(env telemetry.Envelope) bool {
+	d.mu.Lock()
+	quiesced := d.quiesced
+	d.mu.Unlock()
+	if quiesced {
+		return false
+	}
 	var c telemetry.Command
 	if err := env.DecodeBody(&c); err != nil {
 		d.refuse(telemetry.Command{}, "malformed request: "+err.Error())
-		return
+		return true
 	}
 	now := d.opts.Now()
 	switch {
 	case c.ID == "" || len(c.ID) > 128:
 		d.refuse(c, "malformed request: the id must be 1 to 128 bytes")
-		return
+		return true
 	case c.Node != d.opts.Node:
 		d.refuse(c, fmt.Sprintf("request for node %q refused by node %q", c.Node, d.opts.Node))
-		return
+		return true
 	}
 	if res, ok := d.cache.get(c.ID); ok {
 		res.Cached = true
 		d.opts.Log.Info("repeated command answered from the cache", "id", c.ID, "name", c.Name)
 		d.result(res)
-		return
+		return true
 	}
 	switch {
 	case !c.ExpiresAt.IsZero() && now.After(c.ExpiresAt):
 		d.refuse(c, fmt.Sprintf("request expired at %s; the node's time is %s", c.ExpiresAt.UTC().Format(time.RFC3339),
 			now.UTC().Format(time.RFC3339)))
-		return
+		return true
 	case time.Duration(c.TimeoutSec)*time.Second > d.opts.MaxTimeout:
 		d.refuse(c, fmt.Sprintf("timeout %ds exceeds the node's limit of %s", c.TimeoutSec, d.opts.MaxTimeout))
-		return
+		return true
 	}
 	d.mu.Lock()
 	switch {
+	case d.quiesced: // since the check above: Drain may have found nothing pending
+		d.mu.Unlock()
+		return false
 	case d.stopped:
 		d.mu.Unlock()
 		d.refuse(c, stopping)
-		return
+		return true
 	case d.pending[c.ID]: // redelivered while queued or running: it runs once
 		d.mu.Unlock()
-		return
+		return true
 	case len(d.queue) == cap(d.queue):
 		d.mu.Unlock()
 		d.refuse(c, d.busy())
-		return
+		return true
 	}
 	d.pending[c.ID] = true
 	d.mu.Unlock()
@@ -170,7 +186,7 @@ func (d *Dispatcher) Handle(env telemetry.Envelope) {
 		select {
 		case d.queue <- c:
 			d.mu.Unlock()
-			return
+			return true
 		default:
 		}
 	}
@@ -180,6 +196,7 @@ func (d *Dispatcher) Handle(env telemetry.Envelope) {
 	}
 	d.mu.Unlock()
 	d.notRun(c, why)
+	return true
 }
 
 func (d *Dispatcher) busy() string {
@@ -203,10 +220,20 @@ func (d *Dispatcher) refuse(c telemetry.Command, why string) {
 	d.result(telemetry.CommandResult{ID: c.ID, Status: telemetry.StatusRefused, Reason: why, ExitCode: -1})
 }
 
+// Quiesce stops taking requests: from its return Handle reports false for
+// every request (the caller leaves it with the broker, for the next image or
+// the restarted agent), and Drain then sees every request that was taken.
+// It cannot be undone.
+func (d *Dispatcher) Quiesce() {
+	d.mu.Lock()
+	d.quiesced = true
+	d.mu.Unlock()
+}
+
 // Drain waits until every request taken has run and its result is out:
-// those queued run too, each within its own deadline. The caller stops
-// handing requests over first (a reload leaves new ones with the broker for
-// the next image). It returns ctx's error if ctx ends first.
+// those queued run too, each within its own deadline. Call Quiesce first (a
+// reload leaves new requests with the broker for the next image). It
+// returns ctx's error if ctx ends first.
 func (d *Dispatcher) Drain(ctx context.Context) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()

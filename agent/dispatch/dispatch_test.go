@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -75,6 +76,12 @@ func plugin(t *testing.T, dir, name, script string) {
 // send encodes a request as the controller would and hands it over.
 func (h *harness) send(c telemetry.Command) {
 	h.t.Helper()
+	h.d.Handle(envelope(h.t, c))
+}
+
+// envelope encodes a request as the controller would.
+func envelope(t testing.TB, c telemetry.Command) telemetry.Envelope {
+	t.Helper()
 	if c.Node == "" {
 		c.Node = "node-a"
 	}
@@ -84,13 +91,13 @@ func (h *harness) send(c telemetry.Command) {
 	var e telemetry.Encoder
 	data, err := e.Encode(telemetry.Header{Node: "controller", Seq: 1, Time: time.Now(), Kind: telemetry.KindCommand}, c)
 	if err != nil {
-		h.t.Fatal(err)
+		t.Fatal(err)
 	}
 	env, err := telemetry.Decode(data)
 	if err != nil {
-		h.t.Fatal(err)
+		t.Fatal(err)
 	}
-	h.d.Handle(env)
+	return env
 }
 
 // wait returns the n-th result for id.
@@ -514,5 +521,62 @@ func TestDrainRunsWhatWasTaken(t *testing.T) {
 		if r := h.results[id]; len(r) != 1 || r[0].Status != telemetry.StatusOK {
 			t.Errorf("%s: %+v", id, r)
 		}
+	}
+}
+
+// TestQuiesceRacesHandle: requests arrive while a reload quiesces the
+// dispatcher and drains it. Each request Handle took (acknowledged to the
+// broker) has its result out when Drain returns; each it did not take has
+// none, ever (the broker delivers it again to the next image). Before the
+// gate was in the dispatcher, a request could be decoded and looked up in
+// the cache, Drain find nothing pending and return, and the request be
+// acknowledged and then refused or killed with the agent.
+func TestQuiesceRacesHandle(t *testing.T) {
+	const senders = 8
+	for round := range 40 {
+		h := newHarness(t, pluginDir(t), t.TempDir())
+		envs := make([]telemetry.Envelope, senders)
+		for i := range envs {
+			envs[i] = envelope(t, telemetry.Command{ID: fmt.Sprintf("r%d-%d", round, i), Name: "ping"})
+		}
+		took := make([]bool, senders)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range senders {
+			wg.Go(func() {
+				<-start
+				took[i] = h.d.Handle(envs[i])
+			})
+		}
+		close(start)
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+		h.d.Quiesce()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := h.d.Drain(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.mu.Lock()
+		drained := maps.Clone(h.results)
+		h.mu.Unlock()
+		wg.Wait()
+		time.Sleep(10 * time.Millisecond) // a result sent late would show now
+		h.mu.Lock()
+		for i, env := range envs {
+			var c telemetry.Command
+			env.DecodeBody(&c)
+			switch r := drained[c.ID]; {
+			case took[i] && (len(r) != 1 || r[0].Status != telemetry.StatusOK):
+				t.Errorf("round %d: %s taken, but at Drain's return its results were %+v", round, c.ID, r)
+			case !took[i] && len(h.results[c.ID]) > 0:
+				t.Errorf("round %d: %s not taken, yet answered: %+v", round, c.ID, h.results[c.ID])
+			}
+		}
+		h.mu.Unlock()
+		if h.d.Handle(envelope(t, telemetry.Command{ID: fmt.Sprintf("late%d", round), Name: "ping"})) {
+			t.Errorf("round %d: a request after Quiesce was taken", round)
+		}
+		h.cancel()
 	}
 }
