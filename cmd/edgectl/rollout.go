@@ -223,7 +223,11 @@ func (p *progress) show(ro controller.Rollout) {
 	} else {
 		counts := map[string]int{}
 		for _, n := range ro.Nodes {
-			counts[orDash(n.Phase)]++
+			ph := n.Phase
+			if ph == "" {
+				ph = phaseText(n) // waiting, not offered
+			}
+			counts[ph]++
 		}
 		phases := make([]string, 0, len(counts))
 		for ph := range counts {

@@ -20,6 +20,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/fxamacker/cbor/v2"
 
+	"github.com/seed69aca190/edgeagent/controller"
 	"github.com/seed69aca190/edgeagent/internal/testenv"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
@@ -306,4 +307,44 @@ func TestRolloutWithFakeNodes(t *testing.T) {
 
 func regexpLine(text, expr string) bool {
 	return regexp.MustCompile("(?m)" + expr).MatchString(text)
+}
+
+// TestRolloutProgress renders progress as on a terminal (a block redrawn in
+// place, counts by phase for a large rollout) and as lines.
+func TestRolloutProgress(t *testing.T) {
+	node := func(id, phase string, pct int) controller.RolloutNode {
+		return controller.RolloutNode{Node: id, UpdateStatus: telemetry.UpdateStatus{Phase: phase, Percent: pct}}
+	}
+	ro := controller.Rollout{Nodes: []controller.RolloutNode{node("a", "", 0), node("b", telemetry.PhaseDownloading, 42)}}
+	var tty bytes.Buffer
+	p := &progress{w: &tty, tty: true}
+	p.show(ro)
+	ro.Nodes[0] = node("a", telemetry.PhaseChecking, 0)
+	p.show(ro)
+	p.end()
+	want := "\x1b[2Ka                    waiting\n\x1b[2Kb                    downloading 42%\n" +
+		"\x1b[2F\x1b[2Ka                    checking\n\x1b[2Kb                    downloading 42%\n\x1b[2F\x1b[J"
+	if tty.String() != want {
+		t.Errorf("terminal:\n%q\nwant\n%q", tty.String(), want)
+	}
+	var lines bytes.Buffer
+	p = &progress{w: &lines, last: map[string]string{}}
+	p.show(ro)
+	ro.Nodes[1] = node("b", telemetry.PhaseDownloading, 47) // the same 10 %: no line
+	p.show(ro)
+	ro.Nodes[1] = node("b", telemetry.PhaseCommitted, 0) // the end has its own line later
+	p.show(ro)
+	if want := "a                    checking\nb                    downloading 40%\n"; lines.String() != want {
+		t.Errorf("lines:\n%q\nwant\n%q", lines.String(), want)
+	}
+	large := controller.Rollout{}
+	for i := range 30 {
+		large.Nodes = append(large.Nodes, node(fmt.Sprint(i), []string{telemetry.PhaseDownloading, telemetry.PhaseCommitted, ""}[i%3], 10))
+	}
+	tty.Reset()
+	p = &progress{w: &tty, tty: true}
+	p.show(large)
+	if want := "\x1b[2Kcommitted 10  downloading 10  waiting 10\n"; tty.String() != want {
+		t.Errorf("large:\n%q\nwant\n%q", tty.String(), want)
+	}
 }
