@@ -1,6 +1,6 @@
 // Command edgectl is the reference controller: it keeps the fleet view, sends
 // commands and rolls out upgrades, with an embedded MQTT broker so one machine
-// can run the whole system. Upgrades come with a later issue.
+// can run the whole system.
 package main
 
 import (
