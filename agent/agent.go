@@ -145,7 +145,8 @@ func parseLevel(s string) slog.Level {
 
 // Run runs the agent until ctx is cancelled, or until a reload (Reload)
 // replaces it with a new image of itself in this process. Cancellation is a
-// clean stop and returns nil; a reload does not return unless it failed. Run
+// clean stop and returns nil, also during a reload (no new image then); a
+// reload does not return otherwise unless it failed, with the error logged. Run
 // fails only when the agent would be useless (ErrUnusable: no state
 // directory, TLS configured without its files, a provisioned id file that
 // cannot be read) or another agent holds the state directory; every optional
@@ -172,14 +173,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		case load := <-a.reconfig:
 			a.apply(p, load)
 		case r := <-a.reloads:
-			if r.check != nil {
-				if err := r.check(); err != nil {
-					a.log.Error("reload refused; the agent runs on unchanged", "err", err)
-					p.st.markReload(err)
-					continue
-				}
+			exe, err := a.checkReload(p, r)
+			if err != nil {
+				a.log.Error("reload refused; the agent runs on unchanged", "err", err)
+				p.st.markReload(err)
+				continue
 			}
-			return a.handOver(p, r)
+			if err := a.handOver(ctx, p, r, exe); err != nil {
+				// Logged here: under init, stderr may go nowhere.
+				a.log.Error("reload failed before the exec; the agent exits", "err", err)
+				return err
+			}
+			return nil // stopped during the reload, cleanly
 		}
 	}
 }
@@ -246,7 +251,7 @@ func (a *Agent) open() (*parts, error) {
 		"node", p.st.node, "state_dir", p.st.dir, "pid", os.Getpid(), "generation", p.st.generation)
 	p.handed = readHandover(p.st.dir, a.log)
 	if p.handed != nil && p.st.generation > 0 && !p.st.seq.Resume(p.handed.SeqNext, p.handed.SeqLimit) {
-		// Only an image exec'd by a reload resumes: one that init starts
+		// Only an image exec'd by a reload resumes: one started afresh
 		// after a kill does not know what the killed image sent.
 		a.log.Debug("sequence numbers resume at the stored bound", "next", p.handed.SeqNext, "limit", p.handed.SeqLimit)
 	}

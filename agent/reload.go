@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/seed69aca190/edgeagent/agent/config"
 	"github.com/seed69aca190/edgeagent/agent/router"
 	"github.com/seed69aca190/edgeagent/collectors/statsd"
@@ -76,7 +78,7 @@ func handoverPath(dir string) string { return filepath.Join(dir, "handover.json"
 
 // readHandover takes what the previous image handed over; nil when there is
 // none. The file stays until this image is ready (handoverTaken): one killed
-// before that leaves it to the agent init starts then, which is not a
+// before that leaves it to the agent started afresh, which is not a
 // reload but still takes the gauges.
 func readHandover(dir string, log *slog.Logger) *handover {
 	path := handoverPath(dir)
@@ -120,11 +122,57 @@ type reloadRequest struct {
 	binary, version string
 }
 
-// handOver quiesces the agent and replaces it in this process, with the
-// binary r names or its own; it returns only when that failed before the
-// exec (the caller exits and init starts the agent again, which finds
-// everything on flash).
-func (a *Agent) handOver(p *parts, r reloadRequest) error {
+// checkReload is a reload's pre-check, before anything stops: the state
+// lock can be handed over, the configuration checks (r.check), and the
+// binary it will exec (r's, or this one) is a regular file this process may
+// execute. It returns that binary.
+func (a *Agent) checkReload(p *parts, r reloadRequest) (string, error) {
+	if p.st.lockKept != nil {
+		return "", fmt.Errorf("the state directory's lock cannot be handed over (it would close at the exec): %w", p.st.lockKept)
+	}
+	if r.check != nil {
+		if err := r.check(); err != nil {
+			return "", err
+		}
+	}
+	exe := r.binary
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return "", fmt.Errorf("the running binary: %w", err)
+		}
+	}
+	if err := checkBinary(exe); err != nil {
+		return "", fmt.Errorf("binary %s: %w", exe, err)
+	}
+	return exe, nil
+}
+
+// checkBinary reports why path cannot be exec'd by this process, or nil.
+func checkBinary(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
+	}
+	if err := unix.Faccessat(unix.AT_FDCWD, path, unix.X_OK, unix.AT_EACCESS); err != nil {
+		return fmt.Errorf("not executable by this process: %w", err)
+	}
+	return nil
+}
+
+// handOver quiesces the agent and replaces it in this process with exe.
+// It returns an error only when that failed before the exec: the caller
+// exits, with everything on flash, and whatever restarts the agent (the
+// init script's reload, when it ran it; an inittab respawn line) finds it
+// there. When ctx ends (the agent is being stopped) while commands drain or
+// before the uplink is handed over, it stops cleanly instead (stop: the
+// controller is told "offline", clean) and returns nil; after that, the
+// session is over: it stops without the exec, and the controller, told
+// "upgrading", raises its presence alert at the deadline.
+func (a *Agent) handOver(ctx context.Context, p *parts, r reloadRequest, exe string) error {
 	began := time.Now()
 	a.log.Info("reloading: quiescing", "generation", p.st.generation)
 	// How long each phase took, for the log line before the exec.
@@ -136,9 +184,25 @@ func (a *Agent) handOver(p *parts, r reloadRequest) error {
 		last = now
 	}
 
-	p.quiescing.Store(true)
-	if err := p.disp.Drain(context.Background()); err != nil {
+	// stopped ends the reload when the agent is told to stop before the
+	// uplink is handed over: a clean stop, from whatever has quiesced.
+	stopped := func() bool {
+		if ctx.Err() == nil {
+			return false
+		}
+		a.log.Info("edgeagent stopping during a reload; no new image", "reason", context.Cause(ctx))
+		a.stop(p)
+		return true
+	}
+
+	p.quiesce()
+	// Running plugins may take up to commands.max_timeout: a stop meanwhile
+	// is not waited out.
+	if err := p.disp.Drain(ctx); err != nil && ctx.Err() == nil {
 		a.log.Warn("requests still running at the reload", "err", err)
+	}
+	if stopped() {
+		return nil
 	}
 	lap("commands")
 
@@ -152,6 +216,9 @@ func (a *Agent) handOver(p *parts, r reloadRequest) error {
 	p.wg.Wait()
 	p.sched.ReleaseHeld()
 	lap("producers")
+	if stopped() {
+		return nil
+	}
 
 	upCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	if err := p.up.Handover(upCtx, reloadBack, r.version); err != nil {
@@ -182,11 +249,17 @@ func (a *Agent) handOver(p *parts, r reloadRequest) error {
 	}
 	lap("written")
 
-	exe := r.binary
-	if exe == "" {
-		if exe, err = os.Executable(); err != nil {
-			return fmt.Errorf("reload: %w", err)
+	if ctx.Err() != nil {
+		// Stopped after the uplink's hand-over: no new image. The session
+		// is over (the controller was told "upgrading"); what was handed
+		// over is on flash for the agent started next.
+		a.log.Info("edgeagent stopping during a reload, after the hand-over; no new image", "reason", context.Cause(ctx))
+		if err := p.sp.Close(); err != nil {
+			a.log.Error("spool", "err", err)
 		}
+		p.sockets.Stop()
+		a.log.Info("edgeagent stopped", "next_seq", p.st.seq.Peek())
+		return nil
 	}
 	env := append(withoutEnv(os.Environ(), generationEnv), generationEnv+"="+strconv.Itoa(p.st.generation+1))
 	a.log.Info("reloading: exec", append([]any{"binary", exe, "quiesced_in", time.Since(began).Round(10 * time.Microsecond)},

@@ -45,6 +45,10 @@ type state struct {
 	// generation counts the images this process has run: 0 for a start,
 	// then one more at each reload (update/handoff keeps the pid).
 	generation int
+	// lockKept is why the lock is not kept for the next image (nil: it
+	// is): a reload is then refused, since the lock would close at the exec
+	// and another agent could take the directory before the new image.
+	lockKept error
 
 	mu        sync.Mutex
 	unsaved   map[string]error // what could not be persisted, and why
@@ -99,7 +103,7 @@ func (s *state) lockDir(sockets *handoff.Registry) error {
 	inherited, err := sockets.File(lockName)
 	if err != nil {
 		// The registry holds the inherited lock still: a fresh lock would
-		// conflict with it. Stop; init starts the agent afresh.
+		// conflict with it. Stop: an agent started afresh takes a new one.
 		return fmt.Errorf("adopt the state lock a reload handed over: %w", err)
 	}
 	if inherited != nil {
@@ -121,7 +125,8 @@ func (s *state) lockDir(sockets *handoff.Registry) error {
 	}
 	s.lock = d
 	if err := sockets.Keep(lockName, d); err != nil {
-		s.log.Warn("state lock not kept for a reload", "err", err)
+		s.lockKept = err
+		s.log.Warn("state lock not kept for a reload; reloads are refused", "err", err)
 	}
 	return nil
 }

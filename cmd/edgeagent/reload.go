@@ -30,8 +30,9 @@ The configuration (--config, as for run) is checked here first: one that does
 not check is refused before anything stops (exit 2, with the problems). The
 agent refuses, and runs on, one that checks but would stop the new image at
 its start (TLS or node id files it cannot read, another state directory). The
-agent is found by the pid in its state directory's edgeagent.lock; sending it
-SIGUSR1 does the same without waiting.
+agent is found by the pid in its state directory's edgeagent.lock, and only
+while it holds the directory's lock; sending it SIGUSR1 does the same without
+waiting.
 
 Exit status: 0 reloaded, 1 failed (no agent running, it died, or no answer
 within --timeout), 2 refused (the configuration does not check, or would
@@ -55,6 +56,12 @@ func reloadAgent(args []string, stdout, stderr io.Writer) int {
 	}
 	lockPath := filepath.Join(dir, "edgeagent.lock")
 	before, err := readLockFile(lockPath)
+	if err == nil {
+		// After a crash the pid in edgeagent.lock may be another process's
+		// now, which SIGUSR1 would kill: only an agent holding the state
+		// directory's lock is signalled.
+		err = lockHeld(dir)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "edgeagent reload: no agent found: %v\n", err)
 		return cli.ExitFailure
@@ -69,7 +76,8 @@ func reloadAgent(args []string, stdout, stderr io.Writer) int {
 		now, err := readLockFile(lockPath)
 		switch {
 		case syscall.Kill(before.pid, 0) != nil:
-			fmt.Fprintf(stderr, "edgeagent reload: the agent (pid %d) is gone; its log says why, and init restarts it\n", before.pid)
+			fmt.Fprintf(stderr, "edgeagent reload: the agent (pid %d) is gone; its log says why "+
+				"(the init script's reload starts it again)\n", before.pid)
 			return cli.ExitFailure
 		case err != nil || now == before:
 			continue
@@ -83,6 +91,25 @@ func reloadAgent(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "edgeagent reload: no new image of pid %d within %v\n", before.pid, *timeout)
 	return cli.ExitFailure
+}
+
+// lockHeld reports, as an error, that no agent holds the state directory
+// dir: it tries the lock the agent takes (flock on the directory itself,
+// agent/state.go) and, when it gets it, releases it at once.
+func lockHeld(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	switch err := syscall.Flock(int(d.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); {
+	case errors.Is(err, syscall.EWOULDBLOCK):
+		return nil
+	case err != nil:
+		return fmt.Errorf("lock %s: %w", dir, err)
+	}
+	syscall.Flock(int(d.Fd()), syscall.LOCK_UN)
+	return fmt.Errorf("not running: no agent holds %s", dir)
 }
 
 // lockFile is what the agent writes into edgeagent.lock: its pid, the
