@@ -34,8 +34,9 @@ func Decide(dir, exe string, attempts int, log *slog.Logger) (Decision, error) {
 		log.Error("upgrade state unreadable; running the binary init started", "err", err)
 		return Decision{Binary: exe, Slot: runningSlot(dir, exe)}, nil
 	}
-	running := runningSlot(dir, exe)
-	if st.Factory == "" && running == Factory {
+	// The binary init starts is the factory binary, wherever the firmware
+	// put it this time; with no upgrade ever made nothing is written.
+	if running := runningSlot(dir, exe); running == Factory && st.Factory != exe && (st.Committed != "" || st.Trial != nil) {
 		st.Factory = exe
 		if err := st.save(dir); err != nil {
 			log.Warn("upgrade state not writable; upgrades cannot be kept", "dir", dir, "err", err)

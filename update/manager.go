@@ -298,6 +298,9 @@ func (m *Manager) install(ctx context.Context, o telemetry.UpdateOffer) {
 		m.state.Slots = map[string]SlotInfo{}
 	}
 	m.state.Slots[slot] = SlotInfo{Version: mf.Version, SHA256: hex.EncodeToString(sum[:]), Size: int64(mf.Size)}
+	if m.state.Factory == "" && m.slot == Factory {
+		m.state.Factory = m.o.Exe // what to fall back to
+	}
 	err = m.state.save(m.o.Dir)
 	m.mu.Unlock()
 	if err != nil {
