@@ -481,7 +481,9 @@ func statsdAnswers(t testing.TB, u *upgradeAgent, tap *fleetTap, name string, n 
 		func() string { return "StatsD datagrams not sent" })
 	sent := load.stop()
 	testenv.WaitFor(t, 15*time.Second, func() bool { return tap.counter(name) == float64(sent) },
-		func() string { return fmt.Sprintf("StatsD %s: %v of %d at the controller\n%s", name, tap.counter(name), sent, u.tail()) })
+		func() string {
+			return fmt.Sprintf("StatsD %s: %v of %d at the controller\n%s", name, tap.counter(name), sent, u.tail())
+		})
 }
 
 // httpAnswers checks /healthz answers 200.
@@ -698,4 +700,104 @@ func mapsEqual(a, b map[string]update.SlotInfo) bool {
 		}
 	}
 	return true
+}
+
+// TestUpgradeBadVersions installs versions that pass every check and the
+// pre-flight but are bad when they run (issue 13, item 15). Each ends with
+// the old version running, its sockets intact (StatsD counts reach the
+// controller, /healthz answers) and a "rolled back" status with the reason
+// at the controller:
+//
+//   - one that crashes at start: the process is gone; the test plays init
+//     (starts the factory binary again), the start-up decision runs the
+//     version on trial again (update.attempts 2), it crashes again, and the
+//     third start rolls back;
+//   - one that hangs before it is healthy: the detached watchdog kills it
+//     after the health timeout and its margin; the next start rolls back
+//     (update.attempts 1);
+//   - one that never connects to the broker: it rolls back by itself when
+//     its health timeout passes, by the same hand-over, in the same process.
+func TestUpgradeBadVersions(t *testing.T) {
+	b := buildVersions(t)
+	key := newReleaseKey(t)
+	broker := testenv.StartMosquitto(t, "")
+	arts := serveArtifacts(t)
+
+	// playInit starts the factory binary again whenever the agent's process
+	// is gone, until the state says the trial is over and an image of the
+	// current process is ready.
+	playInit := func(t *testing.T, u *upgradeAgent, timeout time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(timeout)
+		for time.Now().Before(deadline) {
+			if !u.alive() {
+				t.Logf("the agent's process is gone (%v): init starts it again", u.cmd.ProcessState)
+				u.start(t)
+			}
+			st := u.loadState()
+			lf, err := readLockFile(u.lock)
+			if st.Trial == nil && st.Rollback != nil && err == nil && lf.pid == u.cmd.Process.Pid && u.alive() {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("no rollback within %v\n%s", timeout, u.tail())
+	}
+
+	for _, tc := range []struct {
+		name, bin, version string
+		attempts           int
+		samePID            bool // rolls back by itself, in the same process
+		reason             string
+		starts             int // starts of the factory binary, the first included
+	}{
+		{name: "crashes at start", bin: b.crash, version: "3.0.1", attempts: 2, reason: "did not become healthy in 2 starts", starts: 3},
+		{name: "hangs", bin: b.hang, version: "3.0.2", attempts: 1, reason: "did not become healthy in 1 starts", starts: 2},
+		{name: "never connects", bin: b.noConnect, version: "3.0.0", attempts: 2, samePID: true,
+			reason: "not healthy within 5s: not connected to the broker"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			began := time.Now()
+			u := startUpgradeAgent(t, broker.URL, b.v1, key, fmt.Sprintf("update:\n  trusted_keys: [%s]\n  health_timeout: 5s\n  attempts: %d\n", key.pub, tc.attempts))
+			tap := tapFleet(t, broker.URL, u.node)
+			st := tapStatuses(t, broker.URL, u.node)
+			pid := u.cmd.Process.Pid
+			statsdAnswers(t, u, tap, "bad.before", 500)
+			id := tap.offerUpdate(t, u.node, key.manifest(t, tc.bin, tc.version, nil), arts.addFile(t, tc.name, tc.bin))
+			testenv.WaitFor(t, 30*time.Second, func() bool { return slices.Contains(st.phases(id), telemetry.PhaseSwitching) },
+				func() string { return fmt.Sprintf("no switch: phases %v\n%s", st.phases(id), u.tail()) })
+			playInit(t, u, 60*time.Second)
+			u.waitReady(t)
+			end := st.end(t, id, 20*time.Second, u.tail)
+			t.Logf("%s after %v, %d starts: %s; log %q", end.Phase, time.Since(began).Round(100*time.Millisecond), u.starts, end.Reason, end.Log)
+			if end.Phase != telemetry.PhaseRolledBack || !strings.Contains(end.Reason, tc.reason) || end.Version != tc.version {
+				t.Errorf("ended %+v; want rolled back from %s: %q", end, tc.version, tc.reason)
+			}
+			if tc.samePID {
+				if u.cmd.Process.Pid != pid || u.starts != 1 {
+					t.Errorf("pid %d after %d starts; was %d", u.cmd.Process.Pid, u.starts, pid)
+				}
+			} else {
+				if u.starts != tc.starts {
+					t.Errorf("%d starts of the factory binary, want %d", u.starts, tc.starts)
+				}
+				// A version that crashes before it opens its trial log leaves
+				// none; the watchdog notes why it killed one that hung.
+				if tc.name == "hangs" && !strings.Contains(strings.Join(end.Log, "\n"), "watchdog") {
+					t.Errorf("the rollback's log does not say the watchdog killed it: %q", end.Log)
+				}
+			}
+			if got, err := u.runningVerified(t); err != nil || got != "factory" {
+				t.Errorf("running %q, %v; want the factory binary", got, err)
+			}
+			if s := u.updateStatus(t); s.Committed != "" || s.Trial != nil || s.Rollback == nil || !strings.Contains(s.Rollback.Reason, tc.reason) {
+				t.Errorf("update status: %+v", s.State)
+			}
+			if ev := tap.events(func(e telemetry.Event) bool { return e.Kind == "update" && e.New == "rolled back" }); len(ev) != 1 {
+				t.Errorf("rollback events at the controller: %+v", ev)
+			}
+			httpAnswers(t, u)
+			statsdAnswers(t, u, tap, "bad.after", 500)
+		})
+	}
 }
