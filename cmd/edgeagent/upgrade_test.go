@@ -801,3 +801,107 @@ func TestUpgradeBadVersions(t *testing.T) {
 		})
 	}
 }
+
+// TestUpgradeUnderLoad upgrades the agent 50 times back to back, 1.0.0 →
+// 2.0.0 → 1.0.0 …, through the real offer path, `edgectl rollout NODE
+// MANIFEST --artifact BIN` against `edgectl serve` (issue 13, item 13), both
+// manifests allowing a downgrade, while StatsD counters arrive at 20,000
+// datagrams/s and HTTP connections to /healthz follow one another. Then:
+// every rollout ended committed (exit 0), no HTTP connection was refused or
+// reset, the counter total at the controller is what was sent, the pid
+// never changed, as many descriptors after the 50th upgrade as after the
+// 1st, and the node was never said offline.
+func TestUpgradeUnderLoad(t *testing.T) {
+	const (
+		upgrades = 50
+		rate     = 20000
+	)
+	b := buildVersions(t)
+	key := newReleaseKey(t)
+	api, broker, _ := startEdgectlServe(t)
+	u := startUpgradeAgent(t, broker, b.v1, key, "")
+	tap := tapFleet(t, broker, u.node)
+	knownTo(t, api, u.node)
+	pid := u.cmd.Process.Pid
+	dir := t.TempDir()
+	releases := []struct{ manifest, bin, version string }{
+		{filepath.Join(dir, "2.0.0.manifest"), b.v2, "2.0.0"},
+		{filepath.Join(dir, "1.0.0.manifest"), b.v1, "1.0.0"},
+	}
+	for _, r := range releases {
+		if err := os.WriteFile(r.manifest, key.manifest(t, r.bin, r.version, nil), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	load := sendStatsD(t, u.statsd, "upgrade.load", rate)
+	probe := probeHTTP(t, u.http)
+	testenv.WaitFor(t, 10*time.Second, func() bool { return tap.counter("upgrade.load") > 0 },
+		func() string { return "no StatsD counter at the controller\n" + u.tail() })
+
+	var fdsFirst []string
+	var took []time.Duration
+	started := time.Now()
+	for i := 1; i <= upgrades; i++ {
+		r := releases[(i-1)%2]
+		gen := u.generation(t)
+		began := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		out, err := rolloutOnce(t, ctx, api, u.node, r.manifest, r.bin)
+		cancel()
+		took = append(took, time.Since(began))
+		if err != nil || !strings.Contains(out, "committed "+r.version) {
+			t.Fatalf("upgrade %d to %s: %v\n%s\n%s", i, r.version, err, out, u.tail())
+		}
+		if g := u.generation(t); g <= gen {
+			t.Fatalf("upgrade %d: image %d after %d", i, g, gen)
+		}
+		if u.cmd.Process.Pid != pid || !u.alive() {
+			t.Fatalf("upgrade %d: the agent is pid %d (alive %v), was %d", i, u.cmd.Process.Pid, u.alive(), pid)
+		}
+		if v, err := u.runningVerified(t); err != nil || !strings.HasSuffix(v, " "+r.version) {
+			t.Fatalf("upgrade %d: running %q, %v", i, v, err)
+		}
+		if i == 1 || i == upgrades {
+			fds := probe.paused(func() []string {
+				u.waitConnected(t)
+				return u.fds(t)
+			})
+			if i == 1 {
+				fdsFirst = fds
+			} else if len(fds) != len(fdsFirst) {
+				t.Errorf("%d descriptors after upgrade 1, %d after upgrade %d\nafter 1:  %s\nafter %d: %s",
+					len(fdsFirst), len(fds), i, strings.Join(fdsFirst, " "), i, strings.Join(fds, " "))
+			}
+		}
+	}
+	total := time.Since(started)
+	time.Sleep(300 * time.Millisecond)
+	sent := load.stop()
+	requests, failures := probe.stop()
+	t.Logf("%d upgrades in %v under %d datagrams/s (offer to commit as edgectl rollout sees it: %s); %d datagrams, %d HTTP requests (slowest %v)",
+		upgrades, total.Round(time.Millisecond), rate, summarize(took), sent, requests, probe.slowest.Round(time.Millisecond))
+	if len(failures) > 0 {
+		t.Errorf("%d of %d HTTP requests failed, the first: %s", len(failures), requests, strings.Join(failures[:min(5, len(failures))], "; "))
+	}
+	var got float64
+	testenv.WaitFor(t, 20*time.Second, func() bool {
+		got = tap.counter("upgrade.load")
+		return got >= float64(sent)
+	}, func() string {
+		return fmt.Sprintf("the controller has %v of the %d counted; socket drops %d\n%s", got, sent, u.socketDrops(t), u.tail())
+	})
+	time.Sleep(1500 * time.Millisecond)
+	if got = tap.counter("upgrade.load"); got != float64(sent) {
+		t.Errorf("the controller counted %v, %d sent", got, sent)
+	}
+	if states := tap.states(); slices.Contains(states, "offline") {
+		t.Errorf("the node was said offline: states %v", states)
+	}
+	if s := u.updateStatus(t); s.Trial != nil || s.Highest != "2.0.0" || s.Last == nil || s.Last.Phase != telemetry.PhaseCommitted {
+		t.Errorf("update status after the upgrades: %+v", s.State)
+	}
+	if pid := u.lockPID(t); pid != u.cmd.Process.Pid {
+		t.Errorf("edgeagent.lock names pid %d, the agent is %d", pid, u.cmd.Process.Pid)
+	}
+}
