@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	mathrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -903,5 +904,258 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	}
 	if pid := u.lockPID(t); pid != u.cmd.Process.Pid {
 		t.Errorf("edgeagent.lock names pid %d, the agent is %d", pid, u.cmd.Process.Pid)
+	}
+}
+
+// target is the slot an offer to u is written to: neither the running slot
+// nor the committed one (as the manager picks it).
+func (u *upgradeAgent) target(t testing.TB) string {
+	t.Helper()
+	exe, st := u.exe(t), u.loadState()
+	for _, s := range update.Slots {
+		if !sameFileTest(exe, update.SlotPath(u.slotsDir(), s)) && s != st.Committed {
+			return s
+		}
+	}
+	return update.Slots[0]
+}
+
+// waitSettled waits until the agent runs an image ready in its current
+// process with no version on trial: after a restart as init, the start-up
+// decision may run the version on trial again, which then commits.
+func (u *upgradeAgent) waitSettled(t testing.TB) {
+	t.Helper()
+	testenv.WaitFor(t, 40*time.Second, func() bool {
+		lf, err := readLockFile(u.lock)
+		return u.alive() && err == nil && lf.pid == u.cmd.Process.Pid && u.loadState().Trial == nil
+	}, func() string { return fmt.Sprintf("not settled: state %+v\n%s", u.loadState(), u.tail()) })
+	u.waitConnected(t)
+}
+
+// TestUpgradePowerCut cuts the power (SIGKILL) at each step of an upgrade
+// (issue 13, item 16), seen from the slots directory and the process as
+// they change: downloading (the partial file grows), the verified binary
+// renamed into its slot, the state file recording the slot, the process
+// exec'd into the new binary, the new version running before it is healthy,
+// and after the commit. Each time the test starts the factory binary again
+// as init would; the agent must end on a verified version (the factory
+// binary or a slot hashing to what the state recorded), with no version
+// left on trial, and offering the release again must complete (committed).
+// One agent goes through every step, the release alternating 2.0.0 and
+// 1.0.0 (downgrades allowed).
+func TestUpgradePowerCut(t *testing.T) {
+	b := buildVersions(t)
+	key := newReleaseKey(t)
+	broker := testenv.StartMosquitto(t, "")
+	arts := serveArtifacts(t)
+	u := startUpgradeAgent(t, broker.URL, b.v1, key, "")
+	tap := tapFleet(t, broker.URL, u.node)
+	st := tapStatuses(t, broker.URL, u.node)
+	urls := map[string]string{"2.0.0": arts.addFile(t, "v2", b.v2), "1.0.0": arts.addFile(t, "v1", b.v1)}
+	bins := map[string]string{"2.0.0": b.v2, "1.0.0": b.v1}
+	sums := map[string]string{}
+	for v, bin := range bins {
+		data, _ := os.ReadFile(bin)
+		sum := sha256.Sum256(data)
+		sums[v] = hex.EncodeToString(sum[:])
+	}
+	next := "2.0.0"
+	other := map[string]string{"2.0.0": "1.0.0", "1.0.0": "2.0.0"}
+	stateFile := filepath.Join(u.slotsDir(), "state.json")
+	// What the target slot was before the offer, and the state file when
+	// the download was seen renamed into it.
+	var slotBefore, stateAtRename os.FileInfo
+	renamed := func(slot string) bool {
+		fi, err := os.Stat(update.SlotPath(u.slotsDir(), slot))
+		return err == nil && (slotBefore == nil || !os.SameFile(fi, slotBefore))
+	}
+
+	steps := []struct {
+		name string
+		slow bool // serve the artifact slowly, so the download lasts
+		// at reports whether the step is reached; slot is the target.
+		at func(slot string) bool
+	}{
+		{name: "downloading", slow: true, at: func(slot string) bool {
+			fi, err := os.Stat(filepath.Join(u.slotsDir(), slot+".part"))
+			return err == nil && fi.Size() > 2<<20
+		}},
+		{name: "verified and slot written", at: func(slot string) bool {
+			return renamed(slot)
+		}},
+		{name: "state written", at: func(slot string) bool {
+			// The first save of the state after the rename into the slot
+			// is the one recording it (the next sets the trial).
+			if stateAtRename == nil {
+				if renamed(slot) {
+					stateAtRename, _ = os.Stat(stateFile)
+				}
+				return false
+			}
+			fi, err := os.Stat(stateFile)
+			s := u.loadState()
+			return err == nil && !os.SameFile(fi, stateAtRename) && s.Slots[slot].SHA256 == sums[next] && s.Trial == nil
+		}},
+		{name: "exec'd", at: func(slot string) bool {
+			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", u.cmd.Process.Pid))
+			return err == nil && sameFileTest(exe, update.SlotPath(u.slotsDir(), slot))
+		}},
+		{name: "before healthy", at: func(slot string) bool {
+			// The new image is up (its lock file written) and on trial.
+			lf, err := readLockFile(u.lock)
+			s := u.loadState()
+			return err == nil && lf.generation > 0 && s.Trial != nil && s.Trial.Slot == slot
+		}},
+		{name: "after commit", at: func(slot string) bool {
+			s := u.loadState()
+			return s.Committed == slot && s.Trial == nil
+		}},
+	}
+	// Round 0 cuts as soon as a step is seen; rounds 1 and 2 a random
+	// 0-30 ms later, into the step or past it.
+	for round := range 3 {
+		for _, step := range steps {
+			upgradePowerCutStep(t, round, step.name, step.slow, step.at, powerCut{u: u, tap: tap, st: st, arts: arts, key: key,
+				bins: bins, urls: urls, next: &next, other: other, slotBefore: &slotBefore, stateAtRename: &stateAtRename})
+		}
+	}
+	statsdAnswers(t, u, tap, "powercut.after", 500)
+}
+
+// powerCut is what the steps of TestUpgradePowerCut share.
+type powerCut struct {
+	u                         *upgradeAgent
+	tap                       *fleetTap
+	st                        *statusTap
+	arts                      *artifactServer
+	key                       releaseKey
+	bins, urls                map[string]string
+	next                      *string
+	other                     map[string]string
+	slotBefore, stateAtRename *os.FileInfo
+}
+
+func upgradePowerCutStep(t *testing.T, round int, name string, slow bool, at func(string) bool, p powerCut) {
+	u, tap, st, arts, key, bins, urls := p.u, p.tap, p.st, p.arts, p.key, p.bins, p.urls
+	next := *p.next
+	t.Run(fmt.Sprintf("%s/%d", name, round), func(t *testing.T) {
+		step := struct {
+			name string
+			slow bool
+			at   func(string) bool
+		}{name, slow, at}
+		began := time.Now()
+		slot := u.target(t)
+		*p.slotBefore, _ = os.Stat(update.SlotPath(u.slotsDir(), slot))
+		*p.stateAtRename = nil
+		if step.slow {
+			arts.rate.Store(8 << 20)
+			defer arts.rate.Store(0)
+		}
+		id := tap.offerUpdate(t, u.node, key.manifest(t, bins[next], next, nil), urls[next])
+		deadline := time.Now().Add(30 * time.Second)
+		for !step.at(slot) {
+			if time.Now().After(deadline) {
+				t.Fatalf("step %q not seen: phases %v, state %+v\n%s", step.name, st.phases(id), u.loadState(), u.tail())
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		var delay time.Duration
+		if round > 0 {
+			delay = time.Duration(mathrand.Int64N(int64(30 * time.Millisecond)))
+			time.Sleep(delay)
+		}
+		u.kill(t)
+		s := u.loadState()
+		trial := "none"
+		if s.Trial != nil {
+			trial = s.Trial.Version + " in " + s.Trial.Slot
+		}
+		t.Logf("killed at %q +%v (slot %s): committed %q, trial %s, phases %v", step.name, delay.Round(time.Millisecond), slot, s.Committed, trial, st.phases(id))
+		arts.rate.Store(0)
+
+		u.start(t)
+		u.waitSettled(t)
+		running, err := u.runningVerified(t)
+		if err != nil {
+			t.Fatalf("after the restart: %v\n%s", err, u.tail())
+		}
+		t.Logf("after the restart: running %s", running)
+		if parts, _ := filepath.Glob(filepath.Join(u.slotsDir(), "*.part")); len(parts) > 0 && step.name != "downloading" {
+			t.Errorf("partial downloads left: %v", parts)
+		}
+
+		again := tap.offerUpdate(t, u.node, key.manifest(t, bins[next], next, nil), urls[next])
+		if end := st.end(t, again, 60*time.Second, u.tail); end.Phase != telemetry.PhaseCommitted {
+			t.Fatalf("offered again: %+v (phases %v)", end, st.phases(again))
+		}
+		if v, err := u.runningVerified(t); err != nil || !strings.HasSuffix(v, " "+next) {
+			t.Errorf("after the offer again: running %q, %v; want %s", v, err, next)
+		}
+		httpAnswers(t, u)
+		t.Logf("step took %v", time.Since(began).Round(100*time.Millisecond))
+		*p.next = p.other[next]
+	})
+}
+
+// TestUpgradeResumedDownload cuts an upgrade's download halfway by killing
+// the agent (issue 13, item 17), starts it again as init, and offers the
+// release again: the download resumes where the agent recorded it stopped
+// (a Range request), the upgrade commits, and the server sent at most
+// 1.1 × the artifact's size in all.
+func TestUpgradeResumedDownload(t *testing.T) {
+	b := buildVersions(t)
+	key := newReleaseKey(t)
+	broker := testenv.StartMosquitto(t, "")
+	arts := serveArtifacts(t)
+	u := startUpgradeAgent(t, broker.URL, b.v1, key, "")
+	tap := tapFleet(t, broker.URL, u.node)
+	st := tapStatuses(t, broker.URL, u.node)
+	fi, err := os.Stat(b.v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := fi.Size()
+	url := arts.addFile(t, "v2", b.v2)
+	manifest := key.manifest(t, b.v2, "2.0.0", nil)
+
+	arts.rate.Store(5 << 20)
+	slot := u.target(t)
+	resume := filepath.Join(u.slotsDir(), slot+".part.resume")
+	first := tap.offerUpdate(t, u.node, manifest, url)
+	var offset int64
+	testenv.WaitFor(t, 30*time.Second, func() bool {
+		data, err := os.ReadFile(resume)
+		if err != nil {
+			return false
+		}
+		var r struct{ Offset int64 }
+		json.Unmarshal(data, &r)
+		offset = r.Offset
+		return offset >= size*2/5
+	}, func() string {
+		return fmt.Sprintf("no checkpoint past 40%%: phases %v\n%s", st.phases(first), u.tail())
+	})
+	u.kill(t)
+	arts.rate.Store(0)
+	servedFirst := arts.served.Load()
+	t.Logf("killed with %d of %d bytes recorded (%d%%), %d served", offset, size, offset*100/size, servedFirst)
+
+	u.start(t)
+	u.waitReady(t)
+	again := tap.offerUpdate(t, u.node, manifest, url)
+	if end := st.end(t, again, 60*time.Second, u.tail); end.Phase != telemetry.PhaseCommitted {
+		t.Fatalf("offered again: %+v (phases %v)", end, st.phases(again))
+	}
+	served := arts.served.Load()
+	t.Logf("%d bytes served in all for %d (%.3f ×); %d requests with a Range", served, size, float64(served)/float64(size), arts.ranges.Load())
+	if float64(served) > 1.1*float64(size) {
+		t.Errorf("%d bytes served for an artifact of %d: more than 1.1 ×", served, size)
+	}
+	if arts.ranges.Load() == 0 {
+		t.Errorf("the download did not resume (%d Range requests)\n%s", arts.ranges.Load(), u.tail())
+	}
+	if v, err := u.runningVerified(t); err != nil || !strings.HasSuffix(v, " 2.0.0") {
+		t.Errorf("running %q, %v; want 2.0.0", v, err)
 	}
 }
