@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -62,6 +63,13 @@ func Decide(dir, exe string, attempts int, log *slog.Logger) (Decision, error) {
 				break
 			}
 			log.Warn("starting the version on trial", "version", t.Version, "slot", t.Slot, "attempt", t.Attempts, "of", attempts)
+			// A version that crashes before it opens its trial log leaves
+			// no line there: the rollback's log says at least this.
+			if f, err := os.OpenFile(filepath.Join(dir, trialLog), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
+				fmt.Fprintf(f, "%s start-up decision: start %d of %d of version %s (slot %s); the one before did not become healthy\n",
+					time.Now().UTC().Format(time.RFC3339), t.Attempts, attempts, t.Version, t.Slot)
+				f.Close()
+			}
 			return st.decision(dir, exe, t.Slot, true), nil
 		}
 		log.Error("upgrade rolled back", "version", st.Rollback.Version, "reason", st.Rollback.Reason)

@@ -782,10 +782,11 @@ func TestUpgradeBadVersions(t *testing.T) {
 				if u.starts != tc.starts {
 					t.Errorf("%d starts of the factory binary, want %d", u.starts, tc.starts)
 				}
-				// A version that crashes before it opens its trial log leaves
-				// none; the watchdog notes why it killed one that hung.
-				if tc.name == "hangs" && !strings.Contains(strings.Join(end.Log, "\n"), "watchdog") {
-					t.Errorf("the rollback's log does not say the watchdog killed it: %q", end.Log)
+				// The start-up decision notes each start it counts, the
+				// watchdog why it killed one that hung.
+				want := map[string]string{"crashes at start": "start-up decision: start 2 of 2", "hangs": "watchdog"}[tc.name]
+				if !strings.Contains(strings.Join(end.Log, "\n"), want) {
+					t.Errorf("the rollback's log does not say %q: %q", want, end.Log)
 				}
 			}
 			if got, err := u.runningVerified(t); err != nil || got != "factory" {
