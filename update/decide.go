@@ -100,7 +100,7 @@ func (st *State) rollBack(dir, reason string, log []string) {
 	st.Last = &Outcome{ID: t.ID, Phase: "rolled back", Version: t.Version, Reason: reason}
 	st.Trial = nil
 	st.save(dir)
-	os.Remove(dir + "/" + trialLog)
+	os.Remove(filepath.Join(dir, trialLog))
 }
 
 // lastLines returns the last n lines of s.

@@ -140,20 +140,21 @@ func (m *Manager) judge(ctx context.Context, t Trial) bool {
 	defer deadline.Stop()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	var why error
-	for {
-		if why = m.o.Healthy(); why == nil {
-			m.commit(t)
-			return true
-		}
+	why := m.o.Healthy()
+	for why != nil {
 		select {
 		case <-ctx.Done():
 			return true // stopping: the next start decides
 		case <-tick.C:
+			why = m.o.Healthy()
 			continue
 		case <-deadline.C:
 		}
 		break
+	}
+	if why == nil {
+		m.commit(t)
+		return true
 	}
 	reason := fmt.Sprintf("not healthy within %v: %v", m.o.HealthTimeout, why)
 	m.o.Log.Error("upgrade failed its health check; rolling back", "version", t.Version, "reason", reason)

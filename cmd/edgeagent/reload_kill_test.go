@@ -288,7 +288,7 @@ func newKillRig(t *testing.T) *killRig {
 	}
 	r.mq = testenv.StartMosquitto(t, "")
 	r.tap = tapKilled(t, r.mq.URL, r.node)
-	udp := killUDPAddr(t)
+	udp := freeUDP(t)
 	r.cfg = filepath.Join(r.dir, "config.yaml")
 	conf := fmt.Sprintf(killConfig, r.node, filepath.Join(r.dir, "state"), plugins, r.mq.URL, udp, r.http)
 	if err := os.WriteFile(r.cfg, []byte(conf), 0o644); err != nil {
@@ -297,17 +297,6 @@ func newKillRig(t *testing.T) *killRig {
 	r.udp = sendKillDatagrams(t, udp)
 	t.Cleanup(r.killPlugins)
 	return r
-}
-
-// killUDPAddr returns a loopback UDP address that was free a moment ago.
-func killUDPAddr(t *testing.T) string {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().String()
 }
 
 // start runs the agent as init does and waits for its log to say so.

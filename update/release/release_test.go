@@ -19,6 +19,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
 
+	"github.com/seed69aca190/edgeagent/internal/testenv"
 	"github.com/seed69aca190/edgeagent/telemetry"
 )
 
@@ -326,9 +327,7 @@ var testTargets = map[string]Target{
 
 func testBinary(t *testing.T, name string) string {
 	t.Helper()
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("no go toolchain to build test binaries")
-	}
+	testenv.LookPath(t, "go")
 	binOnce.Do(func() {
 		binDir, binErr = os.MkdirTemp("", "release-test")
 		var wg sync.WaitGroup
